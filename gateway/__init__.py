@@ -1,0 +1,1 @@
+"""Tollgate gateway: a stateless LLM gateway replica with virtual keys."""

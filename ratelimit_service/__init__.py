@@ -1,0 +1,1 @@
+"""Tollgate rate-limit service: envoy-format domains, token buckets in Redis."""

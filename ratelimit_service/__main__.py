@@ -1,0 +1,3 @@
+from ratelimit_service.cli import main
+
+main()

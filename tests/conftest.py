@@ -1,0 +1,16 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import start_redis  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """One real redis-server for the session; tests use distinct keys or flush."""
+    proc, url = start_redis()
+    yield url
+    proc.stop()
