@@ -74,6 +74,7 @@ class Policies:
     remote_rate_limit: tuple[RemoteRule, ...] = ()  # first true condition wins
     backend_auth: str | None = None  # binds form: upstream key for every backend
     url_rewrite: str | None = None  # full path replacement
+    request_timeout: float | None = None  # seconds; agentgateway's timeout.requestTimeout
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class Route:
     path_prefix: str  # "/" for the llm form
     policies: Policies
     backends: tuple[Backend, ...]
+    # llm form: pick the backend by the request's model. binds form: agentgateway sends
+    # every request on a route to its backend, whatever model the client named.
+    model_routing: bool = True
 
 
 @dataclass(frozen=True)
