@@ -131,3 +131,23 @@ def start_mock_llm(port: int | None = None, *extra: str) -> tuple[Proc, str]:
     proc = Proc("mock-llm", python_cmd("gateway.mock_llm", "--port", str(port), *extra)).start()
     proc.wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class GatewayProc:
+    proc: Proc
+    url: str  # LLM listener, e.g. http://127.0.0.1:4000
+    admin: str  # admin listener
+    config_path: Path
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+def start_gateway(config_path: Path, port: int, admin_port: int, env: dict[str, str] | None = None,
+                  name: str = "gateway") -> GatewayProc:
+    """`python -m gateway -f CONFIG`; the config must use `port` and `admin_port`."""
+    proc = Proc(name, python_cmd("gateway", "-f", str(config_path)), env=env or {}).start()
+    admin = f"http://127.0.0.1:{admin_port}"
+    proc.wait_http(f"{admin}/healthz/ready")
+    return GatewayProc(proc, f"http://127.0.0.1:{port}", admin, config_path)
