@@ -1,0 +1,205 @@
+"""One upstream response on its way back to the client: relayed or translated, usage read.
+
+`usage_known` turns true once the provider's final figures have been read (OpenAI's
+usage chunk or body, Anthropic's `message_delta` or body). Before that, `usage` may
+already hold partial figures (Anthropic's `message_start` gives the input tokens), so
+a stream that ends early is still charged what the provider reported.
+
+Events reach the client as soon as they are complete: relays hand each chunk on
+untouched and only parse the few events that carry usage; translators and filters
+hold back at most one partial event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.errors import error_body
+from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.stream import EventBuffer, events
+from gateway.llm.translate import StreamTranslator, openai_completion, openai_error
+from gateway.llm.usage import Usage, read_anthropic, read_openai
+
+# Byte markers of the events that carry usage; inside JSON strings quotes are escaped,
+# so generated text cannot fake them.
+OPENAI_USAGE = b'"prompt_tokens"'
+ANTHROPIC_START = b'"message_start"'
+ANTHROPIC_DELTA = b'"message_delta"'
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ResponseAdapter:
+    """Relays one response unchanged; subclasses read usage or translate."""
+
+    __slots__ = ("req", "usage", "usage_known", "_buffer")
+
+    def __init__(self, req: LLMRequest) -> None:
+        self.req = req
+        self.usage = Usage()
+        self.usage_known = False
+        self._buffer = EventBuffer()
+
+    def convert(self, raw: bytes) -> bytes:
+        """A complete 2xx non-streaming body, as the client should get it."""
+        body = _json_object(raw)
+        if body is not None:
+            self._read_body(body)
+        return raw
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Stream bytes as they arrive; returns what to send the client now."""
+        complete = self._buffer.take(chunk)
+        if complete:
+            self._scan(complete)
+        return chunk
+
+    def finish(self) -> bytes:
+        """The end of the upstream stream; returns any last bytes for the client."""
+        rest = self._buffer.rest()
+        if rest:
+            self._scan(rest)
+        return b""
+
+    def _read_body(self, body: dict[str, Any]) -> None:
+        pass
+
+    def _scan(self, complete: bytes) -> None:
+        pass
+
+
+class OpenAIRelay(ResponseAdapter):
+    """OpenAI to an OpenAI client that asked for usage (or no stream): bytes pass through."""
+
+    __slots__ = ()
+
+    def _read_body(self, body: dict[str, Any]) -> None:
+        self.usage_known = read_openai(body.get("usage"), self.usage)
+
+    def _scan(self, complete: bytes) -> None:
+        if OPENAI_USAGE not in complete:
+            return
+        for _, _, data in events(complete):
+            if OPENAI_USAGE in data:
+                self._usage_only(data)
+
+    def _usage_only(self, data: bytes) -> bool:
+        """Reads the usage of a chunk; True when the chunk carries nothing else."""
+        chunk = _json_object(data)
+        if chunk is None or not read_openai(chunk.get("usage"), self.usage):
+            return False
+        self.usage_known = True
+        return not chunk.get("choices")
+
+
+class OpenAIUsageFilter(OpenAIRelay):
+    """OpenAI stream whose client did not ask for usage: the gateway's usage chunk is dropped."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._filter(self._buffer.take(chunk))
+
+    def finish(self) -> bytes:
+        return self._filter(self._buffer.rest())
+
+    def _filter(self, complete: bytes) -> bytes:
+        if OPENAI_USAGE not in complete:
+            return complete
+        kept = [raw + b"\n\n" for _, raw, data in events(complete)
+                if not (OPENAI_USAGE in data and self._usage_only(data))]
+        return b"".join(kept)
+
+
+class AnthropicRelay(ResponseAdapter):
+    """Anthropic to an Anthropic client: bytes pass through, usage read from two events."""
+
+    __slots__ = ()
+
+    def _read_body(self, body: dict[str, Any]) -> None:
+        self.usage_known = read_anthropic(body.get("usage"), self.usage)
+
+    def _scan(self, complete: bytes) -> None:
+        if ANTHROPIC_START not in complete and ANTHROPIC_DELTA not in complete:
+            return
+        for _, _, data in events(complete):
+            if ANTHROPIC_DELTA in data:
+                event = _json_object(data)
+                if event is not None and read_anthropic(event.get("usage"), self.usage):
+                    self.usage_known = True
+            elif ANTHROPIC_START in data:
+                event = _json_object(data)
+                if event is not None and isinstance(event.get("message"), dict):
+                    read_anthropic(event["message"].get("usage"), self.usage)
+
+
+class AnthropicToOpenAI(ResponseAdapter):
+    """Anthropic upstream, OpenAI client: bodies, events and errors are translated."""
+
+    __slots__ = ("_translator",)
+
+    def __init__(self, req: LLMRequest) -> None:
+        super().__init__(req)
+        self._translator = StreamTranslator(self.usage, req.wants_usage)
+
+    def convert(self, raw: bytes) -> bytes:
+        message = _json_object(raw)
+        if message is None:
+            return raw
+        completion = openai_completion(message, self.usage)
+        self.usage_known = isinstance(message.get("usage"), dict)
+        return to_json(completion)
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._translate(self._buffer.take(chunk))
+
+    def finish(self) -> bytes:
+        return self._translate(self._buffer.rest())
+
+    def _translate(self, complete: bytes) -> bytes:
+        if not complete:
+            return b""
+        out = []
+        for name, _, data in events(complete):
+            event = _json_object(data) if data else None
+            if event is not None:
+                out.append(self._translator.event(name, event))
+                if event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
+                    self.usage_known = True
+        return b"".join(out)
+
+
+def response_adapter(req: LLMRequest, provider: str) -> ResponseAdapter:
+    """The adapter for one response from `provider` ("openAI" | "anthropic") to `req`'s client."""
+    if provider == "anthropic":
+        return AnthropicRelay(req) if req.dialect == Dialect.ANTHROPIC else AnthropicToOpenAI(req)
+    if req.dialect == Dialect.ANTHROPIC:
+        raise BadRequest(unsupported(provider))
+    return OpenAIRelay(req) if req.wants_usage else OpenAIUsageFilter(req)
+
+
+def unsupported(provider: str) -> str:
+    return f"a /v1/messages (Anthropic) request cannot be sent to an {provider} backend"
+
+
+def translate_error(req: LLMRequest, provider: str, status: int, raw: bytes) -> bytes:
+    """An upstream's non-2xx body in the client's dialect.
+
+    A body already in the client's shape passes unchanged; an Anthropic error for an
+    OpenAI client is translated; anything else (HTML from a proxy, a bare string)
+    becomes a gateway error body naming the upstream status.
+    """
+    if provider == "anthropic" and req.dialect == Dialect.OPENAI:
+        return openai_error(status, raw)
+    body = _json_object(raw)
+    error = body.get("error") if body is not None else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return raw
+    return error_body(req.dialect, status, f"upstream answered HTTP {status}")
