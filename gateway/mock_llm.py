@@ -1,0 +1,323 @@
+"""tollgate-mock-llm: a fake OpenAI- and Anthropic-compatible upstream.
+
+Serves `POST /v1/chat/completions` and `POST /v1/messages` (JSON and SSE, with real
+`usage`), `GET /v1/models` and `GET /healthz`. Usage and timing come from the
+command line, and each request may override them with headers:
+`x-mock-completion-tokens`, `x-mock-prompt-tokens`, `x-mock-chunks`,
+`x-mock-delay-ms` (before the response starts), `x-mock-chunk-delay-ms` (between
+stream chunks) and `x-mock-status` (answer with that error status instead).
+
+Prompt tokens are counted from the messages (words and punctuation marks plus
+OpenAI's per-message framing); completion tokens are one word each, capped by the
+request's max_tokens. The last 100 requests (method, path, headers, body) are kept
+for tests at `GET /_mock/requests` (`DELETE` clears them) unless `--no-record`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.errors import error_body
+from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.request import parse_request
+from gateway.llm.stream import DONE, frame
+from gateway.llm.tokenize import count_prompt
+
+JSON = "application/json"
+SSE = "text/event-stream"
+WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+         "incididunt ut labore et dolore magna aliqua").split()
+WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass
+class Settings:
+    completion_tokens: int = 20
+    chunks: int = 5
+    delay_ms: int = 0
+    chunk_delay_ms: int = 0
+    require_key: str | None = None
+    record: bool = True
+    models: tuple[str, ...] = ("gpt-4o-mini", "gpt-3.5-turbo", "claude-sonnet-4-5")
+
+
+@dataclass
+class Plan:
+    """What one request is answered with."""
+
+    req: LLMRequest
+    prompt_tokens: int
+    completion_tokens: int
+    truncated: bool  # capped by the request's max tokens
+    chunks: int
+    delay: float
+    chunk_delay: float
+    id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model(self) -> str:
+        return self.req.model
+
+    def pieces(self) -> list[str]:
+        """The completion text split into at most `chunks` stream pieces."""
+        words = [WORDS[i % len(WORDS)] for i in range(self.completion_tokens)]
+        size = max(1, -(-len(words) // max(1, self.chunks)))
+        return ["".join((" " if i or start else "") + w for i, w in enumerate(words[start:start + size]))
+                for start in range(0, len(words), size)]
+
+    def text(self) -> str:
+        return "".join(self.pieces())
+
+
+class MockError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def honest_count(text: str) -> int:
+    return len(WORD_OR_MARK.findall(text))
+
+
+def header_int(request: Request, name: str, default: int) -> int:
+    value = request.headers.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise MockError(400, f"header {name} must be an integer, not {value!r}") from None
+
+
+class Mock:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.recorded: deque[dict] = deque(maxlen=100)
+        self._ids = itertools.count(1)
+
+    # ---- shared request handling ------------------------------------------------
+
+    async def answer(self, request: Request, dialect: Dialect) -> Response:
+        raw = await request.body()
+        if self.settings.record:
+            self.record(request, raw)
+        try:
+            plan = self.plan(request, dialect, raw)
+        except MockError as e:
+            return Response(error_body(dialect, e.status, e.message), e.status, media_type=JSON)
+        if plan.delay:
+            await asyncio.sleep(plan.delay)
+        if plan.req.stream:
+            events = anthropic_events(plan) if dialect == Dialect.ANTHROPIC else openai_events(plan)
+            return StreamingResponse(events, media_type=SSE, headers={"cache-control": "no-cache"})
+        body = anthropic_message(plan) if dialect == Dialect.ANTHROPIC else openai_completion(plan)
+        return Response(to_json(body), media_type=JSON)
+
+    def plan(self, request: Request, dialect: Dialect, raw: bytes) -> Plan:
+        self.check_key(request, dialect)
+        if dialect == Dialect.ANTHROPIC and not request.headers.get("anthropic-version"):
+            raise MockError(400, "anthropic-version: header is required")
+        try:
+            req = parse_request(dialect, raw)
+        except BadRequest as e:
+            raise MockError(400, str(e)) from None
+        if not req.model:
+            raise MockError(400, "'model' is required")
+        status = header_int(request, "x-mock-status", 0)
+        if status >= 400:
+            raise MockError(status, f"mock upstream answered {status} as asked by x-mock-status")
+        s = self.settings
+        wanted = header_int(request, "x-mock-completion-tokens", s.completion_tokens)
+        cap = req.max_output_tokens
+        completion = min(wanted, cap) if cap is not None else wanted
+        prompt = header_int(request, "x-mock-prompt-tokens", -1)
+        return Plan(
+            req=req, prompt_tokens=prompt if prompt >= 0 else count_prompt(req, honest_count),
+            completion_tokens=max(0, completion), truncated=completion < wanted,
+            chunks=header_int(request, "x-mock-chunks", s.chunks),
+            delay=header_int(request, "x-mock-delay-ms", s.delay_ms) / 1000,
+            chunk_delay=header_int(request, "x-mock-chunk-delay-ms", s.chunk_delay_ms) / 1000,
+            id=f"mock-{next(self._ids)}",
+        )
+
+    def check_key(self, request: Request, dialect: Dialect) -> None:
+        key = self.settings.require_key
+        if key is None:
+            return
+        # Anthropic takes x-api-key, and its current SDK sends the key as a Bearer token.
+        ok = request.headers.get("authorization") == f"Bearer {key}"
+        if not ok and dialect == Dialect.ANTHROPIC:
+            ok = request.headers.get("x-api-key") == key
+        if not ok:
+            raise MockError(401, "invalid API key for the mock upstream")
+
+    def record(self, request: Request, raw: bytes) -> None:
+        self.recorded.append({"method": request.method, "path": request.url.path,
+                              "headers": dict(request.headers), "body": raw.decode("utf-8", "replace")})
+
+    # ---- routes ---------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self.answer(request, Dialect.OPENAI)
+
+    async def messages(self, request: Request) -> Response:
+        return await self.answer(request, Dialect.ANTHROPIC)
+
+    async def models(self, request: Request) -> Response:
+        dialect = Dialect.ANTHROPIC if request.headers.get("anthropic-version") else Dialect.OPENAI
+        try:
+            self.check_key(request, dialect)
+        except MockError as e:
+            return Response(error_body(dialect, e.status, e.message), e.status, media_type=JSON)
+        names = self.settings.models
+        if dialect == Dialect.ANTHROPIC:
+            data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-01-01T00:00:00Z"}
+                    for n in names]
+            body = {"data": data, "has_more": False, "first_id": names[0] if names else None,
+                    "last_id": names[-1] if names else None}
+        else:
+            body = {"object": "list",
+                    "data": [{"id": n, "object": "model", "created": 0, "owned_by": "mock"} for n in names]}
+        return Response(to_json(body), media_type=JSON)
+
+    async def requests(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.recorded.clear()
+        return Response(json.dumps(list(self.recorded)), media_type=JSON)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+
+# ---- OpenAI bodies ----------------------------------------------------------------
+
+def openai_usage(plan: Plan) -> dict:
+    return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
+            "total_tokens": plan.prompt_tokens + plan.completion_tokens}
+
+
+def openai_completion(plan: Plan) -> dict:
+    message = {"role": "assistant", "content": plan.text(), "refusal": None}
+    choice = {"index": 0, "message": message, "logprobs": None,
+              "finish_reason": "length" if plan.truncated else "stop"}
+    return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created,
+            "model": plan.model, "choices": [choice], "usage": openai_usage(plan)}
+
+
+async def openai_events(plan: Plan) -> AsyncIterator[bytes]:
+    head = {"id": f"chatcmpl-{plan.id}", "object": "chat.completion.chunk", "created": plan.created,
+            "model": plan.model}
+    usage = plan.req.wants_usage
+    if usage:
+        head["usage"] = None  # as OpenAI does once include_usage is on
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return frame(None, to_json({**head, "choices": [choice]}))
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in plan.pieces():
+        if plan.chunk_delay:
+            await asyncio.sleep(plan.chunk_delay)
+        yield chunk({"content": piece})
+    yield chunk({}, "length" if plan.truncated else "stop")
+    if usage:
+        yield frame(None, to_json({**head, "choices": [], "usage": openai_usage(plan)}))
+    yield DONE
+
+
+# ---- Anthropic bodies -------------------------------------------------------------
+
+def anthropic_message(plan: Plan) -> dict:
+    return {"id": f"msg_{plan.id}", "type": "message", "role": "assistant", "model": plan.model,
+            "content": [{"type": "text", "text": plan.text()}],
+            "stop_reason": "max_tokens" if plan.truncated else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens}}
+
+
+def event(data: dict) -> bytes:
+    return frame(data["type"], to_json(data))
+
+
+async def anthropic_events(plan: Plan) -> AsyncIterator[bytes]:
+    start = {**anthropic_message(plan), "content": [], "stop_reason": None,
+             "usage": {"input_tokens": plan.prompt_tokens, "output_tokens": 1}}
+    yield event({"type": "message_start", "message": start})
+    yield event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    yield event({"type": "ping"})
+    for piece in plan.pieces():
+        if plan.chunk_delay:
+            await asyncio.sleep(plan.chunk_delay)
+        yield event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+    yield event({"type": "content_block_stop", "index": 0})
+    stop = "max_tokens" if plan.truncated else "end_turn"
+    yield event({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                 "usage": {"output_tokens": plan.completion_tokens}})
+    yield event({"type": "message_stop"})
+
+
+# ---- process ----------------------------------------------------------------------
+
+def build_app(settings: Settings) -> Starlette:
+    mock = Mock(settings)
+    return Starlette(routes=[
+        Route("/v1/chat/completions", mock.chat, methods=["POST"]),
+        Route("/v1/messages", mock.messages, methods=["POST"]),
+        Route("/v1/models", mock.models, methods=["GET"]),
+        Route("/healthz", mock.healthz, methods=["GET"]),
+        Route("/_mock/requests", mock.requests, methods=["GET", "DELETE"]),
+    ])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="tollgate-mock-llm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default=env("MOCK_LLM_HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env("MOCK_LLM_PORT", env("PORT", "8000"))))
+    p.add_argument("--completion-tokens", type=int, default=int(env("MOCK_LLM_COMPLETION_TOKENS", "20")),
+                   help="tokens (words) per answer, capped by the request's max tokens")
+    p.add_argument("--chunks", type=int, default=int(env("MOCK_LLM_CHUNKS", "5")),
+                   help="content chunks per streamed answer")
+    p.add_argument("--delay-ms", type=int, default=int(env("MOCK_LLM_DELAY_MS", "0")),
+                   help="wait before answering")
+    p.add_argument("--chunk-delay-ms", type=int, default=int(env("MOCK_LLM_CHUNK_DELAY_MS", "0")),
+                   help="wait between stream chunks")
+    p.add_argument("--require-key", default=env("MOCK_LLM_REQUIRE_KEY"),
+                   help="answer 401 unless the upstream key (Bearer or x-api-key) is this")
+    p.add_argument("--models", default=env("MOCK_LLM_MODELS", ",".join(Settings.models)),
+                   help="comma-separated names for GET /v1/models")
+    p.add_argument("--no-record", action="store_true", default=env("MOCK_LLM_NO_RECORD") == "1",
+                   help="do not keep requests for /_mock/requests (benchmarks)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = Settings(
+        completion_tokens=args.completion_tokens, chunks=args.chunks, delay_ms=args.delay_ms,
+        chunk_delay_ms=args.chunk_delay_ms, require_key=args.require_key, record=not args.no_record,
+        models=tuple(m for m in args.models.split(",") if m),
+    )
+    uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="warning",
+                access_log=False, lifespan="off")
+
+
+if __name__ == "__main__":
+    main()
