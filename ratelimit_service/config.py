@@ -1,0 +1,233 @@
+"""Domain configs: envoyproxy/ratelimit's YAML, validated with its messages.
+
+`load_dir(DIR)` reads every `*.yaml`/`*.yml` file in DIR (dot entries such as a
+mounted ConfigMap's `..data` are skipped, symlinks followed) and returns the
+whole `RateLimitConfig`, or raises `ConfigError` listing `file:line: message`
+problems, one per bad file. The typed models below are the one place where a
+document's fields are checked; the tree is built from them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ratelimit_service.match import ALGORITHMS, UNIT_SECONDS, Limit, Match, Node, Wildcard, lookup
+from ratelimit_service.yamlsrc import CONFIG_SUFFIXES, Document, YamlProblem, documents
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+class Invalid(ValueError):
+    """A validation message, and the field whose line it should point at."""
+
+    def __init__(self, message: str, field_name: str | None = None):
+        super().__init__(message)
+        self.field_name = field_name
+
+
+Uint32 = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+class _Model(BaseModel):
+    # Misplaced known keys are ignored, as envoy's YAML unmarshalling does.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class YamlReplaces(_Model):
+    name: str = ""
+
+
+class YamlRateLimit(_Model):
+    requests_per_unit: Uint32 = 0
+    unit: str = ""
+    unlimited: Flag = False
+    name: str = ""
+    replaces: list[YamlReplaces] = []
+    algorithm: str = "token_bucket"
+
+    @model_validator(mode="after")
+    def _check(self) -> "YamlRateLimit":
+        valid_unit = self.unit.upper() in UNIT_SECONDS
+        if self.unlimited and valid_unit:
+            raise Invalid("should not specify rate limit unit when unlimited", "unit")
+        if not self.unlimited and not valid_unit:
+            raise Invalid(f"invalid rate limit unit '{self.unit}'", "unit")
+        for replaces in self.replaces:
+            if not replaces.name:
+                raise Invalid("should not have an empty replaces entry", "replaces")
+            if replaces.name == self.name:
+                raise Invalid("replaces should not contain name of same descriptor", "replaces")
+        if self.algorithm not in ALGORITHMS:
+            raise Invalid(
+                f"invalid rate limit algorithm '{self.algorithm}' (token_bucket or fixed_window)", "algorithm"
+            )
+        return self
+
+
+class YamlDescriptor(_Model):
+    key: str = Field("", validate_default=True)
+    value: str = ""
+    rate_limit: YamlRateLimit | None = None
+    descriptors: list["YamlDescriptor"] = []
+    shadow_mode: Flag = False
+    detailed_metric: Flag = False
+    share_threshold: Flag = False
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if not key:
+            raise Invalid("descriptor has empty key")
+        return key
+
+    @model_validator(mode="after")
+    def _share(self) -> "YamlDescriptor":
+        if self.share_threshold and "*" not in self.value:
+            raise Invalid(
+                "share_threshold can only be used with wildcard values (containing '*'), "
+                f"but found key '{composite_key(self.key, self.value)}'",
+                "share_threshold",
+            )
+        return self
+
+
+class YamlRoot(_Model):
+    domain: str = Field("", validate_default=True)
+    descriptors: list[YamlDescriptor] = []
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, domain: str) -> str:
+        if not domain:
+            raise Invalid("config file cannot have empty domain")
+        return domain
+
+
+def composite_key(key: str, value: str) -> str:
+    return f"{key}_{value}" if value else key
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """All domains, ready for lookups; replaced whole on reload."""
+
+    domains: dict[str, Node] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+    def find(self, domain: str, entries: tuple[tuple[str, str], ...]) -> Match | None:
+        root = self.domains.get(domain)
+        return None if root is None else lookup(root, entries)
+
+
+def config_files(config_dir: str) -> list[str]:
+    """The files a directory contributes, in name order."""
+    names = sorted(n for n in os.listdir(config_dir) if not n.startswith(".") and n.endswith(CONFIG_SUFFIXES))
+    return [p for p in (os.path.join(config_dir, n) for n in names) if os.path.isfile(p)]
+
+
+def load_dir(config_dir: str) -> RateLimitConfig:
+    try:
+        paths = config_files(config_dir)
+    except OSError as e:
+        raise ConfigError([Problem(config_dir, None, f"cannot read config directory: {e.strerror}")]) from None
+    texts: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts.append((path, f.read()))
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(Problem(path, None, f"error loading config file: {e}"))
+    if problems:
+        raise ConfigError(problems)
+    return load_texts(texts)
+
+
+def load_texts(texts: list[tuple[str, str]]) -> RateLimitConfig:
+    """Builds the config from (file name, YAML text) pairs; all-or-nothing."""
+    domains: dict[str, Node] = {}
+    problems: list[Problem] = []
+    for name, text in texts:
+        try:
+            for doc in documents(text):
+                root = _validate(doc)
+                if root.domain in domains:
+                    raise YamlProblem(doc.line_of(("domain",)), f"duplicate domain '{root.domain}' in config file")
+                domains[root.domain] = _build(root, doc)
+        except YamlProblem as e:
+            problems.append(Problem(name, e.line, e.message))
+    if problems:
+        raise ConfigError(problems)
+    return RateLimitConfig(domains, tuple(name for name, _ in texts))
+
+
+def _validate(doc: Document) -> YamlRoot:
+    try:
+        return YamlRoot.model_validate(doc.data if doc.data is not None else {})
+    except ValidationError as e:
+        error = e.errors(include_url=False)[0]
+        path = tuple(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, Invalid):
+            target = path + (cause.field_name,) if cause.field_name else path
+            raise YamlProblem(doc.line_of(target), str(cause)) from None
+        raise YamlProblem(
+            doc.line_of(path), f"error loading config file: {'.'.join(map(str, path))}: {error['msg']}"
+        ) from None
+
+
+def _build(root: YamlRoot, doc: Document) -> Node:
+    node = Node()
+    _add_descriptors(node, root.descriptors, root.domain, ("descriptors",), doc)
+    return node
+
+
+def _add_descriptors(parent: Node, descriptors: list[YamlDescriptor], parent_key: str, path: tuple, doc: Document):
+    for i, d in enumerate(descriptors):
+        final = composite_key(d.key, d.value)
+        full_key = f"{parent_key}.{final}"
+        slot = (d.key, d.value or None)
+        if slot in parent.children:
+            raise YamlProblem(doc.line_of(path + (i,)), f"duplicate descriptor composite key '{full_key}'")
+        child = Node(limit=_limit(d, full_key.split(".", 1)[1]), share_threshold=d.share_threshold)
+        parent.children[slot] = child
+        if "*" in d.value:
+            parent.wildcards.append(Wildcard(d.key, d.value, tuple(d.value.split("*"))))
+        _add_descriptors(child, d.descriptors, full_key, path + (i, "descriptors"), doc)
+
+
+def _limit(d: YamlDescriptor, stat_key: str) -> Limit | None:
+    rl = d.rate_limit
+    if rl is None:
+        return None
+    return Limit(
+        requests_per_unit=rl.requests_per_unit,
+        unit="" if rl.unlimited else rl.unit.upper(),
+        stat_key=stat_key,
+        algorithm=ALGORITHMS[rl.algorithm],
+        name=rl.name,
+        replaces=tuple(r.name for r in rl.replaces),
+        unlimited=rl.unlimited,
+        shadow_mode=d.shadow_mode,
+        detailed_metric=d.detailed_metric,
+    )
