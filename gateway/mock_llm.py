@@ -9,8 +9,9 @@ stream chunks) and `x-mock-status` (answer with that error status instead).
 
 Prompt tokens are counted from the messages (words and punctuation marks plus
 OpenAI's per-message framing); completion tokens are one word each, capped by the
-request's max_tokens. The last 100 requests (method, path, headers, body) are kept
-for tests at `GET /_mock/requests` (`DELETE` clears them) unless `--no-record`.
+request's max_tokens. The last 100 requests are kept for tests at
+`GET /_mock/requests` as `{"requests": [{method, path, headers, body}]}` (the body
+parsed when it is JSON); `DELETE` clears them; `--no-record` turns this off.
 """
 
 from __future__ import annotations
@@ -169,8 +170,12 @@ class Mock:
             raise MockError(401, "invalid API key for the mock upstream")
 
     def record(self, request: Request, raw: bytes) -> None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
         self.recorded.append({"method": request.method, "path": request.url.path,
-                              "headers": dict(request.headers), "body": raw.decode("utf-8", "replace")})
+                              "headers": dict(request.headers), "body": body})
 
     # ---- routes ---------------------------------------------------------------------
 
@@ -200,7 +205,7 @@ class Mock:
     async def requests(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.recorded.clear()
-        return Response(json.dumps(list(self.recorded)), media_type=JSON)
+        return Response(json.dumps({"requests": list(self.recorded)}), media_type=JSON)
 
     async def healthz(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)

@@ -129,21 +129,21 @@ def test_require_key_maps_to_authentication_errors(keyed_mock):
 def test_records_requests_for_tests(keyed_mock):
     httpx.delete(f"{keyed_mock}/_mock/requests")
     an(keyed_mock, key=KEY).messages.create(model="c", max_tokens=5, messages=HELLO)
-    recorded = httpx.get(f"{keyed_mock}/_mock/requests").json()
+    recorded = httpx.get(f"{keyed_mock}/_mock/requests").json()["requests"]
     assert len(recorded) == 1
     assert recorded[0]["method"] == "POST" and recorded[0]["path"] == "/v1/messages"
     assert recorded[0]["headers"]["authorization"] == f"Bearer {KEY}"  # how anthropic's SDK sends it
-    assert '"max_tokens":5' in recorded[0]["body"]
+    assert recorded[0]["body"]["max_tokens"] == 5 and recorded[0]["body"]["messages"] == HELLO
     r = httpx.post(f"{keyed_mock}/v1/messages", headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
                    json={"model": "c", "max_tokens": 5, "messages": HELLO})
     assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 5
-    assert httpx.delete(f"{keyed_mock}/_mock/requests").json() == []
+    assert httpx.delete(f"{keyed_mock}/_mock/requests").json() == {"requests": []}
 
 
 def test_no_record_keeps_nothing():
     proc, url = start_mock_llm(None, "--no-record")
     try:
         oa(url).chat.completions.create(model="m", messages=HELLO)
-        assert httpx.get(f"{url}/_mock/requests").json() == []
+        assert httpx.get(f"{url}/_mock/requests").json() == {"requests": []}
     finally:
         proc.stop()
