@@ -15,6 +15,13 @@ close for code and CJK text.
 
 Images cost a flat 765 tokens (85 with `detail: low`); URLs and base64 payloads are
 not text. Tool definitions cost the tokens of their JSON.
+
+`upper_bound_tokens` is the most a prompt can cost, for budgets that must never be
+overrun: byte-level BPE tokenizers (OpenAI's and Anthropic's) never make more
+tokens than the text has UTF-8 bytes, so text counts its bytes; images count
+2,000 (above OpenAI's high-detail and Anthropic's largest image), tools add 400
+for the tool-use system prompt Anthropic inserts, and every request adds 10 of slack.
+Document blocks (PDFs) are not bounded.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ PER_NAME = 1
 REPLY_PRIMING = 3
 IMAGE_TOKENS = 765
 IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS_MAX = 2000
+TOOLS_PROMPT_MAX = 400
+BOUND_SLACK = 10
 IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 PAYLOAD_KEYS = frozenset({"data", "url", "type", "id", "tool_use_id", "cache_control"})
 
@@ -52,10 +62,13 @@ ENCODINGS = {
 TextCounter = Callable[[str], int]
 
 
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def approx_tokens(text: str) -> int:
     """One token per 3 UTF-8 bytes, rounded up (see the module docstring)."""
-    size = len(text) if text.isascii() else len(text.encode())
-    return (size + 2) // 3
+    return (utf8_size(text) + 2) // 3
 
 
 def estimate_tokens(req: LLMRequest) -> int:
@@ -63,40 +76,40 @@ def estimate_tokens(req: LLMRequest) -> int:
     return count_prompt(req, text_counter(req.model))
 
 
-def count_prompt(req: LLMRequest, text_tokens: TextCounter) -> int:
+def upper_bound_tokens(req: LLMRequest) -> int:
+    """The most prompt tokens `req` can cost on any OpenAI or Anthropic model."""
+    tools = TOOLS_PROMPT_MAX if req.body.get("tools") else 0
+    return count_prompt(req, utf8_size, IMAGE_TOKENS_MAX) + tools + BOUND_SLACK
+
+
+def count_prompt(req: LLMRequest, text_tokens: TextCounter, image_tokens: int = IMAGE_TOKENS) -> int:
+    """OpenAI's chat formula over `req`, with `text_tokens` counting each text."""
+    def tokens(value: Any) -> int:
+        if isinstance(value, str):
+            return text_tokens(value)
+        if isinstance(value, list):
+            return sum(tokens(item) for item in value)
+        if not isinstance(value, dict):
+            return 0
+        if value.get("type") in IMAGE_TYPES:
+            image = value.get("image_url")
+            low = isinstance(image, dict) and image.get("detail") == "low"
+            return IMAGE_TOKENS_LOW if low else image_tokens
+        return sum(tokens(item) for key, item in value.items() if key not in PAYLOAD_KEYS)
+
     body = req.body
     total = REPLY_PRIMING
     if req.dialect == Dialect.ANTHROPIC and body.get("system"):
-        total += PER_MESSAGE + PER_ROLE + _tokens(body["system"], text_tokens)
+        total += PER_MESSAGE + PER_ROLE + tokens(body["system"])
     for message in body["messages"]:
-        total += PER_MESSAGE + PER_ROLE + _tokens(message.get("content"), text_tokens)
+        total += PER_MESSAGE + PER_ROLE + tokens(message.get("content"))
         name = message.get("name")
         if isinstance(name, str):
             total += PER_NAME + text_tokens(name)
         for call in message.get("tool_calls") or ():
-            total += _tokens(call, text_tokens)
-    tools = body.get("tools")
-    if tools:
-        total += text_tokens(json.dumps(tools, separators=(",", ":")))
-    return total
-
-
-def _tokens(value: Any, text_tokens: TextCounter) -> int:
-    """Tokens of the text in a content value: a string, parts, blocks, tool calls."""
-    if isinstance(value, str):
-        return text_tokens(value)
-    if isinstance(value, list):
-        return sum(_tokens(item, text_tokens) for item in value)
-    if not isinstance(value, dict):
-        return 0
-    if value.get("type") in IMAGE_TYPES:
-        image = value.get("image_url")
-        low = isinstance(image, dict) and image.get("detail") == "low"
-        return IMAGE_TOKENS_LOW if low else IMAGE_TOKENS
-    total = 0
-    for key, item in value.items():
-        if key not in PAYLOAD_KEYS:
-            total += _tokens(item, text_tokens)
+            total += tokens(call)
+    if body.get("tools"):
+        total += text_tokens(json.dumps(body["tools"], separators=(",", ":")))
     return total
 
 

@@ -118,3 +118,26 @@ def test_unknown_models_and_no_cache_use_the_approximation():
     assert tokenize.text_counter("gpt-4o") is tokenize.approx_tokens
     assert tokenize.approx_tokens("abcdef") == 2 and tokenize.approx_tokens("abcdefg") == 3
     assert tokenize.approx_tokens("日本") == 2  # 6 UTF-8 bytes
+
+
+@pytest.mark.parametrize("text", ["Hello!", PROSE, "日本語のテキスト" * 20, "🙂🚀" * 30, "{\"a\": [1, 2, 3]}" * 20])
+def test_upper_bound_holds_even_for_one_token_per_byte(text):
+    """A byte-level encoding with no merges is the worst case any BPE tokenizer can reach."""
+    worst = tiktoken.Encoding("no_merges", pat_str=r"\S+|\s+",
+                              mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
+    for dialect in (Dialect.OPENAI, Dialect.ANTHROPIC):
+        r = req(dialect, messages=[{"role": "user", "content": text, "name": "bob"}])
+        worst_case = tokenize.count_prompt(r, lambda t: len(worst.encode_ordinary(t)))
+        assert tokenize.upper_bound_tokens(r) >= worst_case
+        assert tokenize.upper_bound_tokens(r) >= estimate_tokens(r)
+
+
+def test_upper_bound_covers_images_and_the_tool_prompt():
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    plain = req(messages=[{"role": "user", "content": "x"}])
+    with_image = req(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, image]}])
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    with_tools = req(messages=[{"role": "user", "content": "x"}], tools=tools)
+    base = tokenize.upper_bound_tokens(plain)
+    assert tokenize.upper_bound_tokens(with_image) == base + 2000
+    assert tokenize.upper_bound_tokens(with_tools) == base + 400 + len(json.dumps(tools, separators=(",", ":")))
