@@ -1,0 +1,148 @@
+"""Virtual keys: a store of key digests and the `apiKey` policy that authenticates requests.
+
+Keys are hashed with sha256 when the config loads and only the digests are kept, so a
+request costs one sha256 and one dict lookup. Comparing digests through a dict is not a
+timing oracle for the key itself: learning a digest's prefix says nothing about the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from gateway.cel import to_cel
+
+Mode = Literal["strict", "optional", "permissive"]
+
+DEFAULT_HEADER = "authorization"
+DEFAULT_PREFIX = "Bearer "
+# Anthropic's SDKs send their key in x-api-key; accepted when no location is configured.
+ANTHROPIC_HEADER = "x-api-key"
+
+
+class AuthError(Exception):
+    """The request must be refused with 401; the message says what was wrong with the key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def key_digest(key: str) -> str:
+    """Hex sha256 of a key, the form `keyHash: sha256:<hex>` stores."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Metadata(dict):
+    """A key's metadata, carrying its CEL form so that CEL need not convert it per request."""
+
+    __slots__ = ("cel",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        super().__init__(values or {})
+        self.cel = to_cel(dict(self))
+
+
+@dataclass(frozen=True)
+class Identity:
+    key_id: str  # first 12 hex digits of the digest: safe to log
+    metadata: Metadata = field(default_factory=Metadata)
+    allowed_models: tuple[str, ...] | None = None  # globs; None = every model
+
+    def allows(self, model: str) -> bool:
+        if self.allowed_models is None:
+            return True
+        return any(fnmatchcase(model, pattern) for pattern in self.allowed_models)
+
+
+class KeyStore:
+    """sha256 hex digest -> Identity."""
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, Identity] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._by_digest
+
+    def add(self, digest: str, metadata: Mapping[str, Any] | None = None,
+            allowed_models: Iterable[str] | None = None) -> Identity:
+        if digest in self._by_digest:
+            raise ValueError("duplicate API key")
+        identity = Identity(
+            key_id=digest[:12],
+            metadata=Metadata(metadata),
+            allowed_models=None if allowed_models is None else tuple(allowed_models),
+        )
+        self._by_digest[digest] = identity
+        return identity
+
+    def find(self, key: str) -> Identity | None:
+        return self._by_digest.get(key_digest(key))
+
+
+@dataclass(frozen=True)
+class ApiKeyPolicy:
+    """agentgateway's `apiKey` policy.
+
+    strict: a missing or invalid key is 401. optional: no key passes as anonymous, an
+    invalid key is 401. permissive: never refuses; a valid key still identifies.
+    """
+
+    mode: Mode
+    header_name: str
+    prefix: str
+    store: KeyStore
+    fallback_headers: tuple[str, ...] = ()  # read (without prefix) when header_name is absent
+
+    @property
+    def credential_header(self) -> str:
+        return self.header_name
+
+    @property
+    def credential_headers(self) -> tuple[str, ...]:
+        """Every header this policy reads: the request path strips them all before going upstream."""
+        return (self.header_name, *self.fallback_headers)
+
+    def authenticate(self, headers: Mapping[str, str]) -> Identity | None:
+        """`headers` must have a case-insensitive `get` (Starlette's Headers)."""
+        key = self._presented_key(headers)
+        if key is None:
+            if self.mode == "strict":
+                raise AuthError(f"missing API key: send it as '{self._expected()}'")
+            return None
+        identity = self.store.find(key) if key else None
+        if identity is not None or self.mode == "permissive":
+            return identity
+        if not key:
+            raise AuthError(f"invalid API key: expected '{self._expected()}'")
+        raise AuthError("invalid API key")
+
+    def _presented_key(self, headers: Mapping[str, str]) -> str | None:
+        """The key as sent; None if absent; "" if the header lacks the configured prefix."""
+        raw = headers.get(self.header_name)
+        prefix = self.prefix
+        if raw is None:
+            prefix = ""
+            for name in self.fallback_headers:
+                raw = headers.get(name)
+                if raw is not None:
+                    break
+            else:
+                return None
+        raw = raw.strip()
+        if not raw or (prefix and raw.lower() == prefix.strip().lower()):
+            return None
+        if prefix:
+            if raw[:len(prefix)].lower() != prefix.lower():
+                return ""
+            raw = raw[len(prefix):].strip()
+        return raw
+
+    def _expected(self) -> str:
+        return f"{self.header_name}: {self.prefix}<key>"
