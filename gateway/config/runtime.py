@@ -109,3 +109,4 @@ class GatewayConfig:
     model_catalog: dict[str, Price] = field(default_factory=dict)
     max_body_bytes: int = 10 * 1024 * 1024
     watch_paths: tuple[Path, ...] = ()  # the config file and every keysDir
+    warnings: tuple[str, ...] = ()  # `file:line: message` lines worth logging at start

@@ -1,0 +1,264 @@
+"""Load a config file into the runtime dataclasses the request path reads.
+
+`load(path)` parses the YAML with line numbers, expands `$VAR`, validates it with the
+pydantic models (which compile CEL), reads every keysDir, checks what spans objects
+(duplicate keys, ports) and builds `GatewayConfig`. Any problem raises `ConfigError`
+listing every `file:line: message` found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.auth import ANTHROPIC_HEADER, DEFAULT_HEADER, DEFAULT_PREFIX, ApiKeyPolicy, KeyStore, key_digest
+from gateway.config import models as m
+from gateway.config import runtime as rt
+from gateway.config.source import ConfigError, Document, Problem, parse_yaml
+from gateway.config.validate import validate
+
+DEFAULT_BASE_URLS = {"openAI": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+MAX_KEY_FILE = 64 * 1024  # a key file is a few hundred bytes; refuse to read a stray blob
+
+Loc = tuple[Any, ...]
+
+
+def load(path: str | os.PathLike[str]) -> rt.GatewayConfig:
+    source = Path(path)
+    doc = parse_yaml(_read(source), str(path))
+    if not isinstance(doc.data, dict):
+        what = "empty" if doc.data is None else "not a mapping"
+        raise ConfigError([Problem(str(path), 1, f"config is {what}: expected 'llm:' or 'binds:'")])
+    return _Builder(doc, source).build(validate(doc, m.GatewayFile))
+
+
+def read_key_file(path: Path) -> tuple[m.KeyEntry, Document]:
+    """One keysDir file: `{"key" | "keyHash", "metadata"?, "allowedModels"?}` as JSON."""
+    file = str(path)
+    text = _read(path, MAX_KEY_FILE)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError([Problem(file, e.lineno, f"invalid JSON: {e.msg}")]) from None
+    try:
+        doc = parse_yaml(text, file, expand_env=False)  # JSON is YAML: this gives the lines
+    except ConfigError:
+        doc = Document(file)
+    doc.data = data
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, 1, 'a key file must hold a JSON object like {"key": "...", "metadata": {}}')])
+    return validate(doc, m.KeyEntry), doc
+
+
+def _read(path: Path, limit: int | None = None) -> str:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limit + 1 if limit else -1)
+    except OSError as e:
+        raise ConfigError([Problem(str(path), 1, f"cannot read: {e.strerror or e}")]) from None
+    if limit and len(raw) > limit:
+        raise ConfigError([Problem(str(path), 1, f"file is larger than {limit} bytes")])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), line, "file is not valid UTF-8")]) from None
+
+
+class _Builder:
+    def __init__(self, doc: Document, source: Path) -> None:
+        self.doc = doc
+        self.source = source
+        self.problems: list[Problem] = []
+        self.keys_dirs: list[Path] = []
+
+    def build(self, file: m.GatewayFile) -> rt.GatewayConfig:
+        listeners: list[rt.Listener] = []
+        if file.llm is not None:
+            listeners.append(self.llm_listener(file.llm))
+        for i, bind in enumerate(file.binds or []):
+            listeners.append(self.bind_listener(i, bind))
+        self.check_ports(file, listeners)
+        if self.problems:
+            main = self.doc.file
+            raise ConfigError(sorted(self.problems, key=lambda p: (p.file != main, p.file, p.line)))
+        settings = file.config
+        return rt.GatewayConfig(
+            source=self.source,
+            listeners=tuple(listeners),
+            admin_addr=settings.admin_addr,
+            metrics_fields=dict(settings.metrics.fields.add),
+            model_catalog={name: rt.Price(p.input, p.output) for name, p in settings.model_catalog.items()},
+            max_body_bytes=settings.max_body_size,
+            watch_paths=(self.source.absolute(), *dict.fromkeys(self.keys_dirs)),
+            warnings=tuple(self.warnings()),
+        )
+
+    # --- listeners and routes ---------------------------------------------------------
+
+    def llm_listener(self, llm: m.LLM) -> rt.Listener:
+        seen: dict[str, int] = {}
+        for j, model in enumerate(llm.models):
+            loc = ("llm", "models", j, "name")
+            if model.name in seen:
+                self.problem(loc, f"duplicate model name {model.name!r} (first at line {seen[model.name]})")
+            seen.setdefault(model.name, self.doc.line(loc))
+        backends = tuple(
+            rt.Backend(
+                name=model.name,
+                provider=model.provider,
+                model=model.params.model,
+                api_key=model.params.api_key or None,
+                base_url=model.params.base_url or DEFAULT_BASE_URLS[model.provider],
+                tokenize=model.params.tokenize,
+            )
+            for model in llm.models
+        )
+        policies = self.policies(("llm", "policies"), llm.policies)
+        route = rt.Route(name="llm", path_prefix="/", policies=policies, backends=backends, model_routing=True)
+        return rt.Listener(port=llm.port, routes=(route,))
+
+    def bind_listener(self, i: int, bind: m.Bind) -> rt.Listener:
+        routes: list[rt.Route] = []
+        names: dict[str, int] = {}
+        for li, listener in enumerate(bind.listeners):
+            for ri, route in enumerate(listener.routes):
+                loc = ("binds", i, "listeners", li, "routes", ri)
+                name = route.name or f"bind{bind.port}/listener{li}/route{ri}"
+                if name in names:
+                    self.problem(loc + ("name",), f"duplicate route name {name!r} (first at line {names[name]})")
+                names.setdefault(name, self.doc.line(loc))
+                policies = self.policies(loc + ("policies",), route.policies)
+                backends = tuple(self.ai_backend(b.ai, policies.backend_auth) for b in route.backends)
+                for prefix in [match.path.path_prefix for match in route.matches] or ["/"]:
+                    routes.append(rt.Route(name=name, path_prefix=prefix, policies=policies,
+                                           backends=backends, model_routing=False))
+        routes.sort(key=lambda r: len(r.path_prefix), reverse=True)
+        return rt.Listener(port=bind.port, routes=tuple(routes))
+
+    @staticmethod
+    def ai_backend(ai: m.AIBackend, api_key: str | None) -> rt.Backend:
+        if ai.base_url:
+            base_url = ai.base_url
+        elif ai.host_override:
+            base_url = f"http://{ai.host_override}"
+        else:
+            base_url = DEFAULT_BASE_URLS[ai.provider.kind]
+        return rt.Backend(name=ai.name, provider=ai.provider.kind, model=ai.provider.model,
+                          api_key=api_key, base_url=base_url, tokenize=ai.tokenize)
+
+    # --- policies ---------------------------------------------------------------------
+
+    def policies(self, loc: Loc, p: m.LLMPolicies) -> rt.Policies:
+        backend_auth = getattr(p, "backend_auth", None)
+        url_rewrite = getattr(p, "url_rewrite", None)
+        return rt.Policies(
+            api_key=self.api_key(loc + ("apiKey",), p.api_key) if p.api_key else None,
+            local_rate_limits=tuple(
+                rt.LocalLimit(max_tokens=lim.max_tokens, tokens_per_fill=lim.tokens_per_fill or lim.max_tokens,
+                              fill_interval=lim.fill_interval, type=lim.type)
+                for lim in p.local_rate_limit),
+            remote_rate_limit=self.remote(p.remote_rate_limit) if p.remote_rate_limit else (),
+            backend_auth=(backend_auth.key or None) if backend_auth else None,
+            url_rewrite=url_rewrite.path.path if url_rewrite else None,
+            request_timeout=p.timeout.request_timeout if p.timeout else None,
+        )
+
+    @staticmethod
+    def remote(spec: m.RemoteRateLimit) -> tuple[rt.RemoteRule, ...]:
+        rules = []
+        for condition, target in spec.rules:
+            descriptors = tuple(
+                rt.RemoteDescriptor(
+                    entries=tuple(rt.DescriptorEntry(e.entry_key, e.entry_value) for e in d.entries),
+                    type=d.limit_type,
+                    cost=d.cost,
+                    enforcement=d.enforcement or target.enforcement,
+                )
+                for d in target.descriptors or ())
+            policy = rt.RemotePolicy(host=target.service, domain=target.domain or "", descriptors=descriptors,
+                                     failure_mode=target.failure_mode, timeout=target.timeout)
+            rules.append(rt.RemoteRule(condition=condition, policy=policy))
+        return tuple(rules)
+
+    def api_key(self, loc: Loc, spec: m.ApiKey) -> ApiKeyPolicy:
+        store = KeyStore()
+        seen: dict[str, str] = {}
+        for j, entry in enumerate(spec.keys):
+            self.add_key(store, seen, entry, self.doc, loc + ("keys", j))
+        if spec.keys_dir:
+            self.read_keys_dir(loc + ("keysDir",), spec.keys_dir, store, seen)
+        if spec.location is None:
+            header, prefix, fallback = DEFAULT_HEADER, DEFAULT_PREFIX, (ANTHROPIC_HEADER,)
+        else:
+            header = spec.location.header.name.lower()
+            prefix = spec.location.header.prefix
+            if prefix is None:
+                prefix = DEFAULT_PREFIX if header == DEFAULT_HEADER else ""
+            fallback = ()
+        return ApiKeyPolicy(spec.mode, header, prefix, store, fallback)
+
+    def read_keys_dir(self, loc: Loc, configured: str, store: KeyStore, seen: dict[str, str]) -> None:
+        directory = Path(configured)
+        if not directory.is_absolute():
+            directory = self.source.parent / directory
+        self.keys_dirs.append(directory.absolute())
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            self.problem(loc, f"keysDir {str(directory)!r}: {e.strerror or e}")
+            return
+        for entry in entries:
+            # Dot entries include a mounted Secret's `..data` and `..2024_...` directories.
+            if entry.name.startswith(".") or not _is_file(entry):
+                continue
+            try:
+                key, key_doc = read_key_file(directory / entry.name)
+            except ConfigError as e:
+                self.problems.extend(e.problems)
+                continue
+            self.add_key(store, seen, key, key_doc, ())
+
+    def add_key(self, store: KeyStore, seen: dict[str, str], entry: m.KeyEntry, doc: Document, loc: Loc) -> None:
+        digest = key_digest(entry.key) if entry.key is not None else entry.key_hash.removeprefix("sha256:")
+        if digest in seen:
+            # Never echo the key: name where its twin is.
+            doc_problem = doc.problem(loc, f"duplicate API key (the same key is at {seen[digest]})")
+            self.problems.append(doc_problem)
+            return
+        seen[digest] = f"{doc.file}:{doc.line(loc)}"
+        store.add(digest, entry.metadata, entry.allowed_models)
+
+    # --- checks across the file -------------------------------------------------------
+
+    def check_ports(self, file: m.GatewayFile, listeners: Sequence[rt.Listener]) -> None:
+        locs: list[Loc] = ([("llm", "port")] if file.llm is not None else []) + [
+            ("binds", i, "port") for i in range(len(file.binds or []))]
+        first: dict[int, int] = {}
+        for loc, listener in zip(locs, listeners):
+            if listener.port in first:
+                self.problem(loc, f"port {listener.port} is already used (line {first[listener.port]})")
+            first.setdefault(listener.port, self.doc.line(loc))
+        admin_port = int(file.config.admin_addr.rsplit(":", 1)[1])
+        if admin_port in first:
+            self.problem(("config", "adminAddr"),
+                         f"adminAddr port {admin_port} is also an LLM listener port (line {first[admin_port]})")
+
+    def problem(self, loc: Loc, message: str) -> None:
+        self.problems.append(self.doc.problem(loc, message))
+
+    def warnings(self) -> list[str]:
+        return [
+            str(self.doc.problem(path, f"environment variable {name} is not set; using an empty value"))
+            for path, names in self.doc.unset_vars.items() for name in names
+        ]
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows symlinks: a Secret's files are links into `..data`
+    except OSError:
+        return False

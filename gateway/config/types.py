@@ -1,0 +1,135 @@
+"""Scalar types of the config file: durations, sizes, CEL, host:port, URLs.
+
+Each is an `Annotated` pydantic type whose validator turns the YAML scalar into what the
+runtime wants (seconds, bytes, a compiled `Expr`) and whose JSON schema says what the
+file may contain.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+
+from gateway.cel import CelError, Expr, compile_expr
+
+MIB = 1024 * 1024
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKMGT]i?)?B?")
+_SIZE_UNITS = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+               "ki": 1024, "Ki": 1024, "Mi": MIB, "Gi": 1024 * MIB, "Ti": MIB * MIB}
+_HEX64 = re.compile(r"sha256:[0-9a-fA-F]{64}")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_HOST_PORT = re.compile(r"[^\s:/]+:(\d+)|\[[0-9a-fA-F:.]+\]:(\d+)")
+# Labels the gateway's metrics already carry (SPEC §7).
+RESERVED_LABELS = frozenset({"gen_ai_token_type", "gen_ai_request_model", "gen_ai_system", "status", "reason"})
+
+
+def parse_duration(value: Any) -> float:
+    """"60s", "1m30s", "500ms", "1h", or a number of seconds; must be positive."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 60s, 1m, 500ms or a number of seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value.strip()):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 60s, 1m, 500ms or a number of seconds")
+    if seconds <= 0:
+        raise ValueError(f"duration must be greater than 0, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes, or "10Mi" / "10MiB" (1024-based) / "10MB" (1000-based); must be positive."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 10Mi, 1MB or a number of bytes")
+    if isinstance(value, (int, float)):
+        size = int(value)
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""])
+    else:
+        raise ValueError(f"invalid size {value!r}: expected e.g. 10Mi, 1MB or a number of bytes")
+    if size <= 0:
+        raise ValueError(f"size must be greater than 0, got {value!r}")
+    return size
+
+
+def compile_cel(value: Any) -> Expr:
+    # YAML reads `value: 1` or `condition: true` as scalars; they are CEL literals too.
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a CEL expression (a string)")
+    try:
+        return compile_expr(value)
+    except CelError as e:
+        raise ValueError(str(e)) from None
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def any_case(*values: str) -> Any:
+    """An enum that also takes the capitalised spelling of Kubernetes resources (`Strict`)."""
+    spellings = [*values, *(v[0].upper() + v[1:] for v in values)]
+    return Annotated[Literal[values], BeforeValidator(_lower, json_schema_input_type=Literal[tuple(spellings)])]
+
+
+def _key_hash(value: str) -> str:
+    if not _HEX64.fullmatch(value):
+        raise ValueError("keyHash must be 'sha256:' followed by 64 hex digits")
+    return value.lower()
+
+
+def _host_port(value: str) -> str:
+    m = _HOST_PORT.fullmatch(value)
+    if not m or not 1 <= int(m.group(1) or m.group(2)) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _not_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _label(value: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise ValueError(f"invalid metric label name {value!r}")
+    if value in RESERVED_LABELS:
+        raise ValueError(f"metric label {value!r} is already set by the gateway")
+    return value
+
+
+Cel = Annotated[Expr, BeforeValidator(compile_cel),
+                WithJsonSchema({"type": "string", "description": "CEL expression"})]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(
+    {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|us|s|m|h|d)?)+$"}],
+     "description": "duration: 60s, 1m, 500ms, or seconds"})]
+ByteSize = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+(\.\d+)?\s*([kKMGT]i?)?B?$"}],
+     "description": "bytes, or 10Mi / 10MiB / 1MB"})]
+Port = Annotated[int, Field(ge=1, le=65535)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+NonEmpty = Annotated[str, AfterValidator(_not_empty)]
+KeyHash = Annotated[str, AfterValidator(_key_hash)]
+MetricLabel = Annotated[str, AfterValidator(_label)]
+LimitType = Literal["tokens", "requests"]
+Enforcement = Literal["soft", "hard"]
