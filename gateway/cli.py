@@ -1,0 +1,127 @@
+"""`tollgate`: run a gateway replica, validate a config, generate keys, print the schema.
+
+    tollgate -f CONFIG                      run (env TOLLGATE_CONFIG)
+    tollgate validate -f CONFIG             exit 0 and "ok", or 1 and `file:line: message`
+    tollgate keys generate [--metadata k=v] print a key, then its `keyHash` YAML entry
+    tollgate schema                         JSON schema of the config file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from gateway.config.loader import load
+from gateway.config.runtime import GatewayConfig
+from gateway.config.source import ConfigError
+from gateway.keys import generate_entry
+
+EXIT_INVALID = 1  # validate: the config has problems
+EXIT_START = 2  # run: the config cannot start a gateway
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(dispatch(argv))
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _logging(getattr(args, "log_level", None) or os.environ.get("TOLLGATE_LOG_LEVEL", "info"))
+    command = args.command
+    if command == "schema":
+        return _schema()
+    if command == "keys":
+        return _keys(args)
+    config_path = getattr(args, "config", None) or os.environ.get("TOLLGATE_CONFIG")
+    if not config_path:
+        print("tollgate: no config: pass -f CONFIG or set TOLLGATE_CONFIG", file=sys.stderr)
+        return EXIT_START
+    if command == "validate":
+        return _validate(config_path)
+    return _run(config_path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Options live on a parent parser so that both `tollgate -f X validate` and
+    # `tollgate validate -f X` work; SUPPRESS keeps a subcommand from erasing them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-f", "--file", "--config", dest="config", default=argparse.SUPPRESS,
+                        metavar="CONFIG", help="config file (env TOLLGATE_CONFIG)")
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=["debug", "info", "warning", "error"], help="env TOLLGATE_LOG_LEVEL; default info")
+    parser = argparse.ArgumentParser(prog="tollgate", parents=[common],
+                                     description="LLM gateway with virtual keys and token budgets.")
+    sub = parser.add_subparsers(dest="command", metavar="{validate,keys,schema}")
+    sub.add_parser("validate", parents=[common], help="check a config file")
+    sub.add_parser("schema", parents=[common], help="print the config's JSON schema")
+    keys = sub.add_parser("keys", parents=[common], help="virtual key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="{generate}")
+    generate = keys_sub.add_parser("generate", help="print a new random key and its keyHash entry")
+    generate.add_argument("--metadata", action="append", default=[], metavar="K=V",
+                          help="metadata for CEL (apiKey.K); repeatable")
+    generate.add_argument("--allowed-model", action="append", default=None, metavar="GLOB",
+                          help="restrict the key to these models; repeatable")
+    generate.add_argument("--prefix", default="sk-", help="text before the random part (default sk-)")
+    return parser
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: str) -> GatewayConfig | None:
+    try:
+        config = load(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return None
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
+
+
+def _validate(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_INVALID
+    routes = sum(len(lst.routes) for lst in config.listeners)
+    print(f"{path}: ok ({len(config.listeners)} listener(s), {routes} route(s))")
+    return 0
+
+
+def _run(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_START
+    from gateway.server import run  # the request path's imports are not needed to validate
+
+    run(config)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    metadata = {}
+    for item in args.metadata:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"tollgate: --metadata expects K=V, got {item!r}", file=sys.stderr)
+            return EXIT_START
+        metadata[name] = value
+    key, entry = generate_entry(metadata, args.allowed_model, args.prefix)
+    print(key)
+    print(entry, end="")
+    return 0
+
+
+def _schema() -> int:
+    from gateway.config.models import GatewayFile
+
+    schema = GatewayFile.model_json_schema(by_alias=True)
+    schema["title"] = "Tollgate gateway config"
+    print(json.dumps(schema, indent=2))
+    return 0

@@ -1,0 +1,100 @@
+"""The `tollgate` command as users run it: a real subprocess per call."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from starlette.datastructures import Headers
+
+from gateway.config import load
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).parent / "data"
+
+
+def tollgate(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def test_validate_ok():
+    result = tollgate("validate", "-f", str(DATA / "seed001_gateway.yaml"), env={"ANTHROPIC_API_KEY": "x"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{DATA / 'seed001_gateway.yaml'}: ok (1 listener(s), 1 route(s))"
+    assert result.stderr == ""
+
+
+def test_validate_reports_every_problem_and_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("llm:\n  port: 99999\n  policies:\n    apiKey:\n      mode: sometimes\n"
+                   "  models: [{name: '*', provider: openAI}]\n")
+    result = tollgate("validate", "-f", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{bad}:2: llm.port: Input should be less than or equal to 65535, got 99999",
+        f"{bad}:5: llm.policies.apiKey.mode: Input should be 'strict', 'optional' or 'permissive', got 'sometimes'",
+    ]
+    assert "ok" not in result.stdout
+
+
+def test_run_with_invalid_config_exits_2_before_serving(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("llm:\n  models:\n  - name: a\n    provider: openAI\n   params: {}\n")
+    result = tollgate("--log-level", "warning", env={"TOLLGATE_CONFIG": str(bad)})
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{bad}:5: YAML syntax error:")
+
+
+def test_no_config_given():
+    env = {k: v for k, v in os.environ.items() if k != "TOLLGATE_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "validate"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "pass -f CONFIG or set TOLLGATE_CONFIG" in result.stderr
+
+
+def test_keys_generate_round_trips(tmp_path):
+    result = tollgate("keys", "generate", "--metadata", "user_id=mike", "--metadata", "tier=gold",
+                      "--allowed-model", "claude-*")
+    assert result.returncode == 0, result.stderr
+    key, *entry_lines = result.stdout.splitlines()
+    assert key.startswith("sk-") and len(key) > 40 and " " not in key
+    entries = yaml.safe_load("\n".join(entry_lines))
+    assert entries == [{"keyHash": entries[0]["keyHash"], "metadata": {"user_id": "mike", "tier": "gold"},
+                        "allowedModels": ["claude-*"]}]
+    assert key not in result.stdout.split("\n", 1)[1]  # the entry holds the digest only
+
+    # Paste the entry into a config: the printed key authenticates as mike.
+    config = tmp_path / "config.yaml"
+    indented = "\n".join("      " + line for line in entry_lines)
+    config.write_text(f"llm:\n  policies:\n    apiKey:\n      keys:\n{indented}\n"
+                      "  models: [{name: '*', provider: anthropic}]\n")
+    assert tollgate("validate", "-f", str(config)).returncode == 0
+    policy = load(config).listeners[0].routes[0].policies.api_key
+    identity = policy.authenticate(Headers({"authorization": f"Bearer {key}"}))
+    assert identity.metadata == {"user_id": "mike", "tier": "gold"}
+    assert identity.allows("claude-3-haiku") and not identity.allows("gpt-4o")
+
+
+def test_keys_are_random_and_prefix_is_configurable():
+    first = tollgate("keys", "generate", "--prefix", "tg_").stdout.splitlines()
+    second = tollgate("keys", "generate", "--prefix", "tg_").stdout.splitlines()
+    assert first[0].startswith("tg_") and first[0] != second[0] and first[1] != second[1]
+    assert first[1].startswith("- keyHash: sha256:") and len(first) == 2
+
+
+def test_schema_validates_the_fixtures():
+    jsonschema = pytest.importorskip("jsonschema")
+    result = tollgate("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    for path in sorted(DATA.glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    typo = {"llm": {"models": [{"name": "*", "provider": "openAI"}], "polices": {}}}
+    with pytest.raises(jsonschema.ValidationError, match="polices"):
+        jsonschema.validate(typo, schema)
