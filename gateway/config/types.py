@@ -97,7 +97,9 @@ def _host_port(value: str) -> str:
     return value
 
 
-def _http_url(value: str) -> str:
+def _http_url(value: str) -> str | None:
+    if not value:
+        return None  # `baseUrl: $UNSET` means the provider's default, as in agentgateway
     if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     return value.rstrip("/")

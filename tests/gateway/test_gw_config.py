@@ -239,6 +239,14 @@ llm:
     assert len(only_route(load(path)).policies.api_key.store) == 0
 
 
+def test_empty_base_url_from_unset_variable_means_provider_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("TG_UNSET_URL", raising=False)
+    path = write(tmp_path, "llm:\n  models:\n  - {name: '*', provider: anthropic, params: {baseUrl: $TG_UNSET_URL}}\n")
+    config = load(path)
+    assert only_route(config).backends[0].base_url == "https://api.anthropic.com"
+    assert config.warnings == (f"{path}:3: environment variable TG_UNSET_URL is not set; using an empty value",)
+
+
 def test_llm_form_defaults(tmp_path):
     path = write(tmp_path, """
 llm:
