@@ -195,20 +195,21 @@ def openai_error(status: int, raw: bytes) -> bytes:
 class StreamTranslator:
     """Turns Anthropic stream events into OpenAI chat.completion.chunk frames."""
 
-    __slots__ = ("usage", "include_usage", "_id", "_model", "_created", "_tools")
+    __slots__ = ("usage", "include_usage", "_id", "_model", "_created", "_tools", "_text_frame")
 
     def __init__(self, usage: Usage, include_usage: bool) -> None:
         self.usage = usage
         self.include_usage = include_usage
         self._id, self._model, self._created = "", "", int(time.time())
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self._text_frame: tuple[bytes, bytes] | None = None
 
     def event(self, name: str | None, data: dict[str, Any]) -> bytes:
         kind = data.get("type", name)
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
-                return self._chunk({"content": delta.get("text", "")})
+                return self._text(delta.get("text", ""))
             if delta.get("type") == "input_json_delta" and data.get("index") in self._tools:
                 call = {"index": self._tools[data["index"]], "function": {"arguments": delta.get("partial_json", "")}}
                 return self._chunk({"tool_calls": [call]})
@@ -239,8 +240,17 @@ class StreamTranslator:
                     "function": {"name": block.get("name"), "arguments": ""}}
             return self._chunk({"tool_calls": [call]})
         if block.get("type") == "text" and block.get("text"):
-            return self._chunk({"content": block["text"]})
+            return self._text(block["text"])
         return b""
+
+    def _text(self, text: str) -> bytes:
+        """A content delta chunk; text deltas are most of a stream, so their frame is
+        encoded once and only the text is encoded per chunk."""
+        if self._text_frame is None:
+            head, _, tail = self._chunk({"content": ""}).partition(b'{"content":""}')
+            self._text_frame = (head + b'{"content":', b"}" + tail)
+        head, tail = self._text_frame
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return self._frame({"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
