@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import uvicorn
 from starlette.applications import Starlette
@@ -75,12 +76,8 @@ class Plan:
     def model(self) -> str:
         return self.req.model
 
-    def pieces(self) -> list[str]:
-        """The completion text split into at most `chunks` stream pieces."""
-        words = [WORDS[i % len(WORDS)] for i in range(self.completion_tokens)]
-        size = max(1, -(-len(words) // max(1, self.chunks)))
-        return ["".join((" " if i or start else "") + w for i, w in enumerate(words[start:start + size]))
-                for start in range(0, len(words), size)]
+    def pieces(self) -> tuple[str, ...]:
+        return completion_pieces(self.completion_tokens, self.chunks)
 
     def text(self) -> str:
         return "".join(self.pieces())
@@ -97,14 +94,26 @@ def honest_count(text: str) -> int:
     return len(WORD_OR_MARK.findall(text))
 
 
-def header_int(request: Request, name: str, default: int) -> int:
-    value = request.headers.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise MockError(400, f"header {name} must be an integer, not {value!r}") from None
+def overrides(request: Request) -> dict[str, int]:
+    """The x-mock-* headers, read in one pass over the raw headers (most requests have none)."""
+    found = {}
+    for name, value in request.scope["headers"]:
+        if name.startswith(b"x-mock-"):
+            key = name.decode().lower()
+            try:
+                found[key] = int(value)
+            except ValueError:
+                raise MockError(400, f"header {key} must be an integer, not {value.decode()!r}") from None
+    return found
+
+
+@lru_cache(maxsize=256)
+def completion_pieces(tokens: int, chunks: int) -> tuple[str, ...]:
+    """The answer text, one word per token, split into at most `chunks` stream pieces."""
+    words = [WORDS[i % len(WORDS)] for i in range(tokens)]
+    size = max(1, -(-len(words) // max(1, chunks)))
+    return tuple("".join((" " if i or start else "") + w for i, w in enumerate(words[start:start + size]))
+                 for start in range(0, len(words), size))
 
 
 class Mock:
@@ -141,20 +150,21 @@ class Mock:
             raise MockError(400, str(e)) from None
         if not req.model:
             raise MockError(400, "'model' is required")
-        status = header_int(request, "x-mock-status", 0)
+        asked = overrides(request)
+        status = asked.get("x-mock-status", 0)
         if status >= 400:
             raise MockError(status, f"mock upstream answered {status} as asked by x-mock-status")
         s = self.settings
-        wanted = header_int(request, "x-mock-completion-tokens", s.completion_tokens)
+        wanted = asked.get("x-mock-completion-tokens", s.completion_tokens)
         cap = req.max_output_tokens
         completion = min(wanted, cap) if cap is not None else wanted
-        prompt = header_int(request, "x-mock-prompt-tokens", -1)
+        prompt = asked.get("x-mock-prompt-tokens", -1)
         return Plan(
             req=req, prompt_tokens=prompt if prompt >= 0 else count_prompt(req, honest_count),
             completion_tokens=max(0, completion), truncated=completion < wanted,
-            chunks=header_int(request, "x-mock-chunks", s.chunks),
-            delay=header_int(request, "x-mock-delay-ms", s.delay_ms) / 1000,
-            chunk_delay=header_int(request, "x-mock-chunk-delay-ms", s.chunk_delay_ms) / 1000,
+            chunks=asked.get("x-mock-chunks", s.chunks),
+            delay=asked.get("x-mock-delay-ms", s.delay_ms) / 1000,
+            chunk_delay=asked.get("x-mock-chunk-delay-ms", s.chunk_delay_ms) / 1000,
             id=f"mock-{next(self._ids)}",
         )
 
