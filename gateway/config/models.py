@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from gateway.cel import Expr
@@ -51,7 +51,7 @@ class KeyEntry(Model):
 
     key: NonEmpty | None = None
     key_hash: KeyHash | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, JsonValue] = {}  # JSON only: CEL sees it as apiKey.*
     allowed_models: list[NonEmpty] | None = None
 
     @model_validator(mode="after")

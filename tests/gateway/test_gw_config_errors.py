@@ -318,3 +318,9 @@ binds:
 """)
     assert ps == ["5: duplicate model name 'gpt' (first at line 4)",
                   "11: duplicate route name 'r' (first at line 10)"]
+
+
+def test_metadata_must_be_json(tmp_path):
+    (p,) = problems(tmp_path, "llm:\n  policies:\n    apiKey:\n      keys:\n      - key: k\n"
+                    "        metadata:\n          since: 2024-01-01\n" + MODELS)
+    assert p == "7: llm.policies.apiKey.keys[0].metadata.since: input was not a valid JSON value"
