@@ -24,7 +24,8 @@
 --
 -- Returns {granted, then per descriptor: code (1 OK, 2 OVER_LIMIT),
 --          remaining (floor, negative in debt), reset_ms (until the bucket is
---          full again), retry_ms (until the same request could pass, 0 if it did)}.
+--          full again), retry_ms (until the same request could pass, 0 if it did;
+--          for settle, until a check would pass)}.
 -- granted is the elastic grant g, or -1 when no descriptor is elastic.
 local algorithms = {tb = token_bucket, fw = fixed_window}
 local CHECK_ONLY_NEED = 0.001
@@ -192,7 +193,7 @@ for _, d in ipairs(descriptors) do
   local code, retry = 1, 0
   if mode == 'settle' then
     if not passes(d, level, 0) then
-      code = 2
+      code, retry = 2, retry_ms(d, level, 0)
     end
   elseif not d.ok then
     code = 2

@@ -145,7 +145,8 @@ def config_files(config_dir: str) -> list[str]:
     return [p for p in (os.path.join(config_dir, n) for n in names) if os.path.isfile(p)]
 
 
-def load_dir(config_dir: str) -> RateLimitConfig:
+def read_dir(config_dir: str) -> list[tuple[str, str]]:
+    """(path, text) of each config file; one snapshot feeds both the change check and the load."""
     try:
         paths = config_files(config_dir)
     except OSError as e:
@@ -160,7 +161,11 @@ def load_dir(config_dir: str) -> RateLimitConfig:
             problems.append(Problem(path, None, f"error loading config file: {e}"))
     if problems:
         raise ConfigError(problems)
-    return load_texts(texts)
+    return texts
+
+
+def load_dir(config_dir: str) -> RateLimitConfig:
+    return load_texts(read_dir(config_dir))
 
 
 def load_texts(texts: list[tuple[str, str]]) -> RateLimitConfig:

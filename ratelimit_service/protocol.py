@@ -1,0 +1,169 @@
+"""Request parsing and reply shapes: envoy's /json (protojson) and the reserve/settle API.
+
+Requests follow protojson's rules for envoy's RateLimitRequest: fields by their
+proto or JSON name (`hits_addend` or `hitsAddend`), numbers as JSON numbers or
+strings, null as unset, and an unknown field is an error. Replies use protojson
+shapes: upper-case enum names, zero values omitted, durations as "37s".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from ratelimit_service.match import UNIT_NUMBERS, UNIT_SECONDS
+
+MAX_UINT32 = 2**32 - 1
+MAX_UINT64 = 2**64 - 1
+MAX_INT64 = 2**63 - 1
+
+JSON, RESERVE, SETTLE = "json", "reserve", "settle"
+
+_REQUEST_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend"})
+_DESCRIPTOR_FIELDS = frozenset({"entries", "limit", "hits_addend", "hitsAddend"})
+_ELASTIC_FIELDS = _DESCRIPTOR_FIELDS | {"max_hits", "maxHits"}
+_ENTRY_FIELDS = frozenset({"key", "value"})
+_LIMIT_FIELDS = frozenset({"requests_per_unit", "requestsPerUnit", "unit"})
+_UNIT_NAMES = {number: name for name, number in UNIT_NUMBERS.items()}
+
+
+class BadRequest(Exception):
+    """A malformed request: HTTP 400 with this message."""
+
+
+@dataclass(slots=True)
+class Descriptor:
+    entries: tuple[tuple[str, str], ...]
+    hits: int | None  # the descriptor's own hits_addend, if set (0 is check-only)
+    limit: tuple[int, str] | None  # a limit override: (requests_per_unit, unit name)
+    max_hits: int | None  # reserve only: makes the descriptor elastic
+
+
+@dataclass(slots=True)
+class Request:
+    domain: str
+    descriptors: list[Descriptor]
+    hits: int  # the request's hits_addend; 0 or unset counts as 1
+
+
+def parse_request(body: bytes, api: str) -> Request:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"invalid JSON: {e}") from None
+    if type(doc) is not dict:
+        raise BadRequest("the request must be a JSON object")
+    _check_fields(doc, _REQUEST_FIELDS, "")
+    domain = _string(doc.get("domain"), "domain")
+    hits = _number(_either(doc, "hits_addend", "hitsAddend"), "hits_addend", api, MAX_UINT32)
+    items = doc.get("descriptors")
+    if items is None:
+        items = []
+    elif type(items) is not list:
+        raise BadRequest("descriptors: expected a list")
+    descriptors = [_descriptor(item, f"descriptors[{i}]", api) for i, item in enumerate(items)]
+    # envoy's own checks, after the request has been unmarshalled.
+    if not domain:
+        raise BadRequest("rate limit domain must not be empty")
+    if not descriptors:
+        raise BadRequest("rate limit descriptor list must not be empty")
+    return Request(domain, descriptors, hits or 1)
+
+
+def _descriptor(item, path: str, api: str) -> Descriptor:
+    if type(item) is not dict:
+        raise BadRequest(f"{path}: expected an object")
+    _check_fields(item, _ELASTIC_FIELDS if api == RESERVE else _DESCRIPTOR_FIELDS, path + ".")
+    raw_entries = item.get("entries")
+    if raw_entries is None:
+        raw_entries = []
+    elif type(raw_entries) is not list:
+        raise BadRequest(f"{path}.entries: expected a list")
+    entries = tuple(_entry(e, f"{path}.entries[{i}]") for i, e in enumerate(raw_entries))
+    hits = _number(_either(item, "hits_addend", "hitsAddend"), f"{path}.hits_addend", api, MAX_UINT64)
+    max_hits = _number(_either(item, "max_hits", "maxHits"), f"{path}.max_hits", JSON, MAX_INT64)
+    limit = item.get("limit")
+    return Descriptor(entries, hits, None if limit is None else _limit(limit, f"{path}.limit"), max_hits)
+
+
+def _entry(entry, path: str) -> tuple[str, str]:
+    if type(entry) is not dict:
+        raise BadRequest(f"{path}: expected an object")
+    _check_fields(entry, _ENTRY_FIELDS, path + ".")
+    return _string(entry.get("key"), f"{path}.key"), _string(entry.get("value"), f"{path}.value")
+
+
+def _limit(limit, path: str) -> tuple[int, str]:
+    if type(limit) is not dict:
+        raise BadRequest(f"{path}: expected an object")
+    _check_fields(limit, _LIMIT_FIELDS, path + ".")
+    rpu = _number(_either(limit, "requests_per_unit", "requestsPerUnit"), f"{path}.requests_per_unit", JSON, MAX_UINT32)
+    unit = limit.get("unit")
+    if type(unit) is int:
+        unit = _UNIT_NAMES.get(unit, unit)
+    if type(unit) is not str or unit not in UNIT_SECONDS:
+        raise BadRequest(f"{path}.unit: invalid rate limit unit {orjson.dumps(unit).decode()}")
+    return rpu or 0, unit
+
+
+def _check_fields(obj: dict, allowed: frozenset, path: str) -> None:
+    if not obj.keys() <= allowed:
+        unknown = next(k for k in obj if k not in allowed)
+        raise BadRequest(f'{path}unknown field "{unknown}"')
+
+
+def _either(obj: dict, proto_name: str, json_name: str):
+    value = obj.get(proto_name)
+    other = obj.get(json_name)
+    if other is None:
+        return value
+    if value is not None:
+        raise BadRequest(f'duplicate field "{json_name}"')
+    return other
+
+
+def _string(value, path: str) -> str:
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise BadRequest(f"{path}: expected a string")
+    return value
+
+
+def _number(value, path: str, api: str, largest: int) -> int | None:
+    """An integer field; negative only for settle (a signed adjustment)."""
+    if value is None:
+        return None
+    if type(value) is int:
+        number = value
+    elif type(value) is float and value.is_integer():
+        number = int(value)
+    elif type(value) is str:
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadRequest(f"{path}: expected an integer, got {orjson.dumps(value).decode()}") from None
+    else:
+        raise BadRequest(f"{path}: expected an integer")
+    smallest = -largest if api == SETTLE else 0
+    if not smallest <= number <= largest:
+        raise BadRequest(f"{path}: {number} is out of range [{smallest}, {largest}]")
+    return number
+
+
+def duration(ms: int) -> str:
+    """A protojson Duration in whole seconds, rounded up."""
+    return f"{-(-ms // 1000)}s"
+
+
+OK_STATUS = {"code": "OK"}
+UNLIMITED_STATUS = {"code": "OK", "limitRemaining": MAX_UINT32}
+
+
+def render(body: dict) -> bytes:
+    return orjson.dumps(body)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

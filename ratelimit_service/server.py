@@ -1,0 +1,111 @@
+"""The HTTP app: decisions on a lean ASGI path, the rest in FastAPI.
+
+POST /json (envoy), /v1/reserve and /v1/settle (Tollgate) are served straight
+from ASGI: no routing tables, no middleware, no pydantic per request; that is
+what lets one process pass 5,000 decisions/s. GET /healthcheck and GET /metrics
+and the lifespan (config watcher, Redis client) live in an ordinary FastAPI app
+that receives everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+
+from ratelimit_service.limiter import LimiterError
+from ratelimit_service.protocol import JSON, RESERVE, SETTLE, BadRequest, error_body, parse_request, render
+from ratelimit_service.reload import Reloader
+from ratelimit_service.service import Service
+from ratelimit_service.stats import CONTENT_TYPE, Stats
+
+log = logging.getLogger("tollgate.ratelimit")
+
+MAX_BODY = 1 << 20
+DECISION_PATHS = {"/json": JSON, "/v1/reserve": RESERVE, "/v1/settle": SETTLE}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def create_app(service: Service, stats: Stats, reloader: Reloader | None = None):
+    return DecisionApp(_admin_app(service, stats, reloader), service, stats)
+
+
+def _admin_app(service: Service, stats: Stats, reloader: Reloader | None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        watcher = asyncio.create_task(reloader.run()) if reloader else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            await service.limiter.close()
+            stats.shutdown()
+
+    app = FastAPI(title="tollgate-ratelimit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthcheck", response_class=PlainTextResponse)
+    async def healthcheck() -> str:
+        return "OK"
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(stats.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+class DecisionApp:
+    """ASGI entry: decision paths here, everything else to the admin app."""
+
+    def __init__(self, admin: FastAPI, service: Service, stats: Stats):
+        self.admin = admin
+        self.service = service
+        self.stats = stats
+
+    async def __call__(self, scope, receive, send) -> None:
+        api = DECISION_PATHS.get(scope.get("path")) if scope["type"] == "http" else None
+        if api is None:
+            await self.admin(scope, receive, send)
+            return
+        path = scope["path"]
+        if scope["method"] != "POST":
+            await self._reply(send, path, 405, error_body(f"{path} takes POST"), [(b"allow", b"POST")])
+            return
+        status, body = await self._decide(api, receive)
+        await self._reply(send, path, status, body)
+
+    async def _decide(self, api: str, receive) -> tuple[int, bytes]:
+        raw = await _read_body(receive)
+        if raw is None:
+            return 413, error_body(f"request body over {MAX_BODY} bytes")
+        try:
+            status, body = await self.service.decide(api, parse_request(raw, api))
+        except BadRequest as e:
+            return 400, error_body(str(e))
+        except LimiterError as e:
+            self.stats.redis_errors += 1
+            log.warning("redis error: %s", e)
+            return 500, error_body(f"rate limit store unavailable: {e}")
+        return status, render(body)
+
+    async def _reply(self, send, path: str, status: int, body: bytes, extra: list | None = None) -> None:
+        self.stats.requests[(path, str(status))] += 1
+        headers = _JSON_HEADERS + [(b"content-length", b"%d" % len(body))] + (extra or [])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive) -> bytes | None:
+    """The whole request body, or None if it is over MAX_BODY."""
+    message = await receive()
+    body = message.get("body", b"")
+    while message.get("more_body"):
+        message = await receive()
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            return None
+    return body if len(body) <= MAX_BODY else None

@@ -1,0 +1,53 @@
+"""Starting the real rate-limit service for tests, and calling it over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from procs import Proc, free_port, python_cmd
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def start_service(config_dir: Path, redis_url: str, *extra: str) -> tuple[Proc, str]:
+    port = free_port()
+    args = python_cmd(
+        "ratelimit_service", "--config-dir", str(config_dir), "--redis-url", redis_url, "--port", str(port),
+        "--host", "127.0.0.1", *extra,
+    )
+    proc = Proc("ratelimit", args).start()
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_http(f"{base}/healthcheck")
+    return proc, base
+
+
+def descriptor(*entries: tuple[str, str], **extra) -> dict:
+    return {"entries": [{"key": k, "value": v} for k, v in entries], **extra}
+
+
+def call(base: str, domain: str, *descriptors: dict, path: str = "/json", **extra) -> httpx.Response:
+    return httpx.post(f"{base}{path}", json={"domain": domain, "descriptors": list(descriptors), **extra}, timeout=5)
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """The value of one sample on /metrics (0 if absent)."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name):
+            sample, _, value = line.rpartition(" ")
+            label_text = sample[len(name):].strip("{}")
+            if sample[len(name):len(name) + 1] in ("", "{") and ",".join(sorted(label_text.split(","))) == want:
+                return float(value)
+    return 0.0
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
