@@ -91,12 +91,18 @@ class OpenAIRelay(ResponseAdapter):
                 self._usage_only(data)
 
     def _usage_only(self, data: bytes) -> bool:
-        """Reads the usage of a chunk; True when the chunk carries nothing else."""
+        """Reads the usage of a chunk; True when the chunk carries nothing else.
+
+        Some OpenAI-compatible servers report running usage on every chunk; only the
+        usage-only chunk or a finishing chunk holds the final figures.
+        """
         chunk = _json_object(data)
         if chunk is None or not read_openai(chunk.get("usage"), self.usage):
             return False
-        self.usage_known = True
-        return not chunk.get("choices")
+        choices = chunk.get("choices")
+        if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+            self.usage_known = True
+        return not choices
 
 
 class OpenAIUsageFilter(OpenAIRelay):

@@ -254,3 +254,18 @@ def test_upstream_errors_in_the_clients_dialect():
     html = json.loads(translate_error(oa, "openAI", 502, b"<html>Bad Gateway</html>"))
     assert html["error"]["message"] == "upstream answered HTTP 502"
     assert json.loads(translate_error(an, "anthropic", 503, b""))["type"] == "error"
+
+
+def test_running_usage_on_content_chunks_is_not_final():
+    """OpenAI-compatible servers with continuous usage stats: only the finishing chunk is final."""
+    client = request(Dialect.OPENAI, model="m", messages=HELLO, stream=True, stream_options={"include_usage": True})
+
+    def chunk(content, finish, completion):
+        choice = {"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}
+        usage = {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}
+        return b"data: " + json.dumps({"id": "c", "choices": [choice], "usage": usage}).encode() + b"\n\n"
+    adapter = response_adapter(client, "openAI")
+    adapter.feed(chunk("Hi", None, 1))
+    assert not adapter.usage_known and adapter.usage.total == 6
+    adapter.feed(chunk(None, "stop", 2) + b"data: [DONE]\n\n")
+    assert adapter.usage_known and adapter.usage.total == 7
