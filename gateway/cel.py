@@ -66,7 +66,9 @@ class Activation:
 
     def with_llm(self, llm: Mapping[str, Any] | None) -> "Activation":
         """The same request seen after the response, with token counts (for `cost`)."""
-        return Activation(self.api_key, self.method, self.path, self.headers, llm)
+        after = Activation(self.api_key, self.method, self.path, self.headers, llm)
+        after._values = {k: v for k, v in self._values.items() if k != "llm"}
+        return after
 
     def value(self, name: str) -> Any:
         """The CEL value of a top-level variable; KeyError for an unknown name."""
@@ -134,7 +136,11 @@ class Expr:
         return f"Expr({self.source!r})"
 
     def evaluate(self, activation: Activation) -> Any:
-        """The value as plain Python (str, int, float, bool, list, dict, None)."""
+        """The value as plain Python (str, int, float, bool, list, dict, None).
+
+        Like celpy's own runner, this passes the activation through celpy's module
+        namespace: evaluate on one thread (the event loop), not from worker threads.
+        """
         _GLOBALS["base_activation"] = activation.cel()
         try:
             exec(self._code, _GLOBALS)
