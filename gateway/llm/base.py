@@ -58,7 +58,8 @@ def message_list(body: dict[str, Any], roles: frozenset[str]) -> list[dict[str, 
 
 
 def to_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes: the C encoder's fast path, and the bytes need no UTF-8 pass.
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def overrides(req: LLMRequest, model: str | None, cap: int | None, cap_field: str) -> dict[str, Any]:

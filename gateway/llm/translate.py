@@ -250,7 +250,7 @@ class StreamTranslator:
             head, _, tail = self._chunk({"content": ""}).partition(b'{"content":""}')
             self._text_frame = (head + b'{"content":', b"}" + tail)
         head, tail = self._text_frame
-        return head + json.dumps(text, ensure_ascii=False).encode() + tail
+        return head + json.dumps(text).encode() + tail
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return self._frame({"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})

@@ -104,3 +104,8 @@ def test_untranslatable_requests_are_refused_with_a_reason(body, words):
     req = parse_request(Dialect.OPENAI, json.dumps({"model": "c", **body}).encode())
     with pytest.raises(BadRequest, match=words):
         build_upstream(req, "anthropic", None, "k")
+
+
+def test_non_ascii_text_survives():
+    out = translated(messages=[{"role": "user", "content": "Grüße, 日本 🙂"}])
+    assert out["messages"][0]["content"][0]["text"] == "Grüße, 日本 🙂"
