@@ -1,0 +1,148 @@
+"""The response side: relay the upstream's answer, settle its usage, record spend.
+
+Streams are relayed chunk by chunk as they arrive. Usage is settled the moment the
+provider reports it, before the stream's last bytes reach the client. A client that
+walks away mid-stream does not stop the accounting: the rest of the upstream stream
+is drained in the background until its usage arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, AsyncIterator
+
+import aiohttp
+from starlette.responses import Response, StreamingResponse
+
+from gateway.cel import CelError, build_activation
+from gateway.errors import GatewayError
+from gateway.llm import ResponseAdapter, Usage, response_adapter, translate_error
+from gateway.metrics import Spend
+
+if TYPE_CHECKING:
+    from gateway.app import Call, Handler
+
+log = logging.getLogger("tollgate.relay")
+
+DRAIN_TIMEOUT = 120.0  # seconds an abandoned stream may take to report usage
+SYSTEMS = {"openAI": "openai", "anthropic": "anthropic"}
+
+
+def metric_fields(handler: "Handler", call: "Call") -> dict[str, str]:
+    fields = handler.gw.config.metrics_fields
+    if not fields:
+        return {}
+    request = call.request
+    activation = build_activation(
+        call.identity.metadata if call.identity else None,
+        request.method, request.url.path, request.headers, None)
+    out = {}
+    for label, expr in fields.items():
+        try:
+            value = expr.evaluate(activation)
+        except CelError:
+            value = ""
+        out[label] = "" if value is None else str(value)
+    return out
+
+
+def spend_of(handler: "Handler", call: "Call", usage: Usage) -> Spend:
+    backend = call.backend
+    model = call.req.model or backend.model or backend.name
+    catalog = handler.gw.config.model_catalog
+    price = catalog.get(model) or (catalog.get(backend.model) if backend.model else None)
+    cost = 0.0
+    if price is not None:
+        cost = (usage.input_tokens * price.input_per_million
+                + usage.output_tokens * price.output_per_million) / 1_000_000
+    return Spend(model=model, system=SYSTEMS.get(backend.provider, backend.provider),
+                 usage=usage, cost_usd=cost, fields=metric_fields(handler, call))
+
+
+def settle(handler: "Handler", call: "Call", usage: Usage) -> None:
+    """Charges the usage once and reports the spend; safe to call again."""
+    if call.admission.settled:
+        return
+    handler.gw.accounting.settle(call.admission, usage)
+    handler.gw.metrics.spend(spend_of(handler, call, usage))
+
+
+async def relay(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) -> Response:
+    adapter = response_adapter(call.req, call.backend.provider)
+    if resp.status >= 300:
+        return await relay_error(handler, call, resp)
+    if call.req.stream:
+        headers = call.admission.headers()
+        return StreamingResponse(stream(handler, call, resp, adapter), status_code=resp.status,
+                                 media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", **headers})
+    try:
+        raw = await resp.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        handler.gw.accounting.settle(call.admission, None)
+        status = 504 if isinstance(e, asyncio.TimeoutError) else 502
+        raise GatewayError(status, "upstream_broken", f"upstream response failed: {type(e).__name__}") from e
+    finally:
+        resp.release()
+    body = adapter.convert(raw)
+    settle(handler, call, adapter.usage)
+    response = Response(body, status_code=resp.status, media_type="application/json",
+                        headers=call.admission.headers())
+    return handler.done(call, response, "ok")
+
+
+async def relay_error(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) -> Response:
+    """An upstream error is passed on in the client's dialect and charged nothing."""
+    try:
+        raw = await resp.read()
+    finally:
+        resp.release()
+    handler.gw.accounting.settle(call.admission, None)
+    body = translate_error(call.req, call.backend.provider, resp.status, raw)
+    return handler.done(call, Response(body, status_code=resp.status, media_type="application/json"),
+                        "upstream_error")
+
+
+async def stream(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
+                 adapter: ResponseAdapter) -> AsyncIterator[bytes]:
+    completed = False
+    try:
+        async for chunk in resp.content.iter_any():
+            out = adapter.feed(chunk)
+            if adapter.usage_known:
+                settle(handler, call, adapter.usage)
+            if out:
+                yield out
+        tail = adapter.finish()
+        if tail:
+            yield tail
+        completed = True
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        log.warning("upstream stream broke: %s", type(e).__name__)
+        completed = True  # nothing more will come; charge what was reported
+    finally:
+        if completed:
+            resp.release()
+            settle(handler, call, adapter.usage)
+            handler.gw.metrics.request(resp.status, "ok", time.perf_counter() - call.started)
+        else:
+            handler.gw.spawn(drain(handler, call, resp, adapter))
+
+
+async def drain(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
+                adapter: ResponseAdapter) -> None:
+    """Reads an abandoned stream to its end so its usage is still charged."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            async for chunk in resp.content.iter_any():
+                adapter.feed(chunk)
+                if adapter.usage_known:
+                    break
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass
+    finally:
+        resp.close()
+        settle(handler, call, adapter.usage)
+        handler.gw.metrics.request(499, "client_disconnected", time.perf_counter() - call.started)

@@ -1,0 +1,128 @@
+"""Runs one gateway replica: the LLM listeners, the admin listener and the watcher.
+
+All listeners share one event loop and one `Gateway`. Shutdown on SIGTERM/SIGINT is
+graceful: listeners stop accepting, in-flight responses (streams included) finish and
+are charged, abandoned streams are drained, pending settles are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from gateway.app import build_app
+from gateway.config.runtime import GatewayConfig
+from gateway.config.watcher import ConfigWatcher
+from gateway.metrics import CONTENT_TYPE
+from gateway.state import Gateway
+
+log = logging.getLogger("tollgate")
+
+GRACEFUL_SECONDS = 30
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return (host.strip("[]") or "0.0.0.0"), int(port)
+
+
+def build_admin(gw: Gateway) -> FastAPI:
+    admin = FastAPI(title="Tollgate admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @admin.get("/metrics")
+    def metrics() -> Response:
+        return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+
+    @admin.get("/healthz/live")
+    def live() -> Response:
+        return PlainTextResponse("ok")
+
+    @admin.get("/healthz/ready")
+    def ready(request: Request) -> Response:
+        return PlainTextResponse("ready" if gw.ready else "starting", status_code=200 if gw.ready else 503)
+
+    return admin
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to `serve`, which owns several."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _uvicorn(app, host: str, port: int) -> _Server:
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+        access_log=False, log_config=None, timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        backlog=2048, timeout_keep_alive=30,
+    )
+    return _Server(config)
+
+
+async def serve(config: GatewayConfig) -> None:
+    gw = Gateway(config)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    await gw.start()
+    servers = [_uvicorn(build_app(gw, lst.port), "0.0.0.0", lst.port) for lst in config.listeners]
+    admin_host, admin_port = split_addr(config.admin_addr)
+    servers.append(_uvicorn(build_admin(gw), admin_host, admin_port))
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("shutting down: finishing in-flight requests")
+        gw.ready = False
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+    watcher = ConfigWatcher(config.source, gw.reload, current=config)
+    watch_task = loop.create_task(watcher.run())
+    serving = [loop.create_task(s.serve()) for s in servers]
+    while not all(s.started for s in servers):
+        if any(t.done() for t in serving):
+            break  # a bind failed; surface it below
+        await asyncio.sleep(0.01)
+    if all(s.started for s in servers):
+        # Start-up objects live forever: keep them out of the cyclic collector's scans.
+        gc.collect()
+        gc.freeze()
+        gw.ready = True
+        log.info("listening on %s; admin on %s",
+                 ", ".join(str(lst.port) for lst in config.listeners), config.admin_addr)
+    else:
+        stop()
+    results = await asyncio.gather(*serving, return_exceptions=True)
+    watch_task.cancel()
+    await gw.close()
+    gw.metrics.shutdown()
+    failed = [r for r in results if isinstance(r, BaseException)] + [
+        s for s in servers if not s.started]
+    if failed:
+        raise SystemExit(f"tollgate: a listener failed to start: {failed[0]}")
+
+
+def event_loop_factory():
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional; asyncio's own loop works, slower
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(config: GatewayConfig) -> None:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(config))
