@@ -94,12 +94,20 @@ async def relay(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) 
 
 
 async def relay_error(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) -> Response:
-    """An upstream error is passed on in the client's dialect and charged nothing."""
+    """An upstream error is passed on in the client's dialect and charged nothing.
+
+    A 401/403 from the provider is about the gateway's upstream key, not the client's
+    virtual key, so it becomes a 502; its body (which may echo part of the upstream
+    key) is not relayed.
+    """
     try:
         raw = await resp.read()
     finally:
         resp.release()
     handler.gw.accounting.settle(call.admission, None)
+    if resp.status in (401, 403):
+        raise GatewayError(502, "upstream_auth", f"the upstream provider rejected the gateway's "
+                           f"credentials (HTTP {resp.status}); check the backend's apiKey")
     body = translate_error(call.req, call.backend.provider, resp.status, raw)
     return handler.done(call, Response(body, status_code=resp.status, media_type="application/json"),
                         "upstream_error")

@@ -223,3 +223,16 @@ def test_secrets_stay_on_their_side(gateway, mock):
     time.sleep(0.2)
     log = gw.proc.log()
     assert UPSTREAM_KEY not in log and ALICE not in log
+
+
+def test_upstream_rejecting_the_gateway_key_is_a_502_without_its_body(tmp_path, mock):
+    port, admin_port = free_port(), free_port()
+    path = tmp_path / "wrong-upstream-key.yaml"
+    path.write_text(llm_config(STEP1, mock, port, admin_port))
+    gw = start_gateway(path, port, admin_port, env={"OPENAI_API_KEY": "sk-wrong-upstream-key"})
+    try:
+        r = chat(gw.url, ALICE)
+        assert r.status_code == 502
+        assert "upstream" in r.json()["error"]["message"] and "sk-wrong" not in r.text
+    finally:
+        gw.stop()
