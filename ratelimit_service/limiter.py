@@ -21,6 +21,7 @@ LUA_DIR = Path(os.environ.get("TOLLGATE_LUA_DIR") or Path(__file__).resolve().pa
 SCRIPT_FILES = ("token_bucket.lua", "fixed_window.lua", "ratelimit.lua")
 KEY_PREFIX = "tollgate:rl"
 
+# The script's modes, which are also the API names: envoy's /json, /v1/reserve, /v1/settle.
 JSON, RESERVE, SETTLE = "json", "reserve", "settle"
 
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import orjson
 
+from ratelimit_service.limiter import JSON, RESERVE, SETTLE
 from ratelimit_service.match import UNIT_NUMBERS, UNIT_SECONDS
 
 MAX_UINT32 = 2**32 - 1
 MAX_UINT64 = 2**64 - 1
 MAX_INT64 = 2**63 - 1
 
-JSON, RESERVE, SETTLE = "json", "reserve", "settle"
+__all__ = ["JSON", "RESERVE", "SETTLE", "BadRequest", "Descriptor", "Request", "parse_request", "render"]
 
 _REQUEST_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend"})
 _DESCRIPTOR_FIELDS = frozenset({"entries", "limit", "hits_addend", "hitsAddend"})
@@ -56,7 +57,7 @@ def parse_request(body: bytes, api: str) -> Request:
         raise BadRequest("the request must be a JSON object")
     _check_fields(doc, _REQUEST_FIELDS, "")
     domain = _string(doc.get("domain"), "domain")
-    hits = _number(_either(doc, "hits_addend", "hitsAddend"), "hits_addend", api, MAX_UINT32)
+    hits = _number(_either(doc, "hits_addend", "hitsAddend"), "hits_addend", MAX_UINT32, signed=api == SETTLE)
     items = doc.get("descriptors")
     if items is None:
         items = []
@@ -81,8 +82,8 @@ def _descriptor(item, path: str, api: str) -> Descriptor:
     elif type(raw_entries) is not list:
         raise BadRequest(f"{path}.entries: expected a list")
     entries = tuple(_entry(e, f"{path}.entries[{i}]") for i, e in enumerate(raw_entries))
-    hits = _number(_either(item, "hits_addend", "hitsAddend"), f"{path}.hits_addend", api, MAX_UINT64)
-    max_hits = _number(_either(item, "max_hits", "maxHits"), f"{path}.max_hits", JSON, MAX_INT64)
+    hits = _number(_either(item, "hits_addend", "hitsAddend"), f"{path}.hits_addend", MAX_UINT64, signed=api == SETTLE)
+    max_hits = _number(_either(item, "max_hits", "maxHits"), f"{path}.max_hits", MAX_INT64)
     limit = item.get("limit")
     return Descriptor(entries, hits, None if limit is None else _limit(limit, f"{path}.limit"), max_hits)
 
@@ -98,7 +99,7 @@ def _limit(limit, path: str) -> tuple[int, str]:
     if type(limit) is not dict:
         raise BadRequest(f"{path}: expected an object")
     _check_fields(limit, _LIMIT_FIELDS, path + ".")
-    rpu = _number(_either(limit, "requests_per_unit", "requestsPerUnit"), f"{path}.requests_per_unit", JSON, MAX_UINT32)
+    rpu = _number(_either(limit, "requests_per_unit", "requestsPerUnit"), f"{path}.requests_per_unit", MAX_UINT32)
     unit = limit.get("unit")
     if type(unit) is int:
         unit = _UNIT_NAMES.get(unit, unit)
@@ -131,8 +132,8 @@ def _string(value, path: str) -> str:
     return value
 
 
-def _number(value, path: str, api: str, largest: int) -> int | None:
-    """An integer field; negative only for settle (a signed adjustment)."""
+def _number(value, path: str, largest: int, signed: bool = False) -> int | None:
+    """An integer field; negative only where signed (settle's adjustments)."""
     if value is None:
         return None
     if type(value) is int:
@@ -146,7 +147,7 @@ def _number(value, path: str, api: str, largest: int) -> int | None:
             raise BadRequest(f"{path}: expected an integer, got {orjson.dumps(value).decode()}") from None
     else:
         raise BadRequest(f"{path}: expected an integer")
-    smallest = -largest if api == SETTLE else 0
+    smallest = -largest if signed else 0
     if not smallest <= number <= largest:
         raise BadRequest(f"{path}: {number} is out of range [{smallest}, {largest}]")
     return number
