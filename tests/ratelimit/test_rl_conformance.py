@@ -63,7 +63,7 @@ def test_exact_value_beats_the_default(service):
     assert blocked.status_code == 429
     assert blocked.json()["statuses"][0]["currentLimit"] == {"unit": "SECOND"}  # zero omitted
     other = call(service, D, descriptor(("remote_address", f"10.{uid()}")))
-    assert other.status_code == 200 and limit_of(other) == {"requestsPerUnit": 3, "unit": "SECOND"}
+    assert other.status_code == 200 and limit_of(other) == {"requestsPerUnit": 3, "unit": "MINUTE"}
 
 
 def test_default_key_limits_each_value_separately(service):
@@ -220,8 +220,8 @@ def test_protojson_reply_shapes(service):
     assert ok.headers["content-type"] == "application/json"
     assert ok.json() == {
         "overallCode": "OK",
-        "statuses": [{"code": "OK", "currentLimit": {"requestsPerUnit": 3, "unit": "SECOND"},
-                      "durationUntilReset": "1s"}],  # limitRemaining 0 is omitted
+        "statuses": [{"code": "OK", "currentLimit": {"requestsPerUnit": 3, "unit": "MINUTE"},
+                      "durationUntilReset": "60s"}],  # limitRemaining 0 is omitted
     }
     over = call(service, D, addr)
     assert over.status_code == 429

@@ -72,8 +72,8 @@ def test_refused_reservation_charges_nothing_and_names_what_tripped(service):
     body = r.json()
     assert body["overallCode"] == "OVER_LIMIT" and body["granted"] == 0
     assert [s["code"] for s in body["statuses"]] == ["OK", "OVER_LIMIT"]
-    # 5 left, 10 needed: 5 tokens at 300/h refill in 60 s.
-    assert body["statuses"][1]["retryAfter"] == "60s"
+    # 5 left, 10 needed: 5 tokens at 300/h refill in 60 s (less the time since the first call).
+    assert 55 <= int(body["statuses"][1]["retryAfter"].rstrip("s")) <= 60
     check = reserve(service, {**u, "hits_addend": 0})
     assert remaining(check) == 1000  # the user's budget was not touched
 
@@ -95,7 +95,7 @@ def test_settle_goes_into_debt_and_the_next_reserve_waits(service):
     r = reserve(service, {**u, "hits_addend": 0})
     assert r.status_code == 429
     retry = int(r.json()["statuses"][0]["retryAfter"].rstrip("s"))
-    assert 1799 <= retry <= 1801  # 500 tokens of debt at 1000/h
+    assert 1790 <= retry <= 1801  # 500 tokens of debt at 1000/h
 
 
 def test_refunds_stop_at_a_full_bucket(service):
