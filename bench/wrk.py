@@ -53,7 +53,7 @@ def run(url: str, body: str, headers: dict[str, str], connections: int, seconds:
         script = Path(f.name)
     try:
         out = subprocess.run(
-            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency",
              "-s", str(script), url],
             capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     finally:

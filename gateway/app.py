@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
@@ -192,8 +193,19 @@ class Handler:
         return Response(body, status_code=e.status, media_type=JSON, headers=e.headers)
 
 
+class LLMApp(FastAPI):
+    """FastAPI with its middleware trimmed to the 500 guard.
+
+    The handler answers every error itself, in the client's dialect, so FastAPI's
+    exception, telemetry and body-limit layers would only add per-request cost.
+    """
+
+    def build_middleware_stack(self):
+        return ServerErrorMiddleware(app=self.router)
+
+
 def build_app(gw: Gateway, port: int) -> FastAPI:
-    app = FastAPI(title="Tollgate", docs_url=None, redoc_url=None, openapi_url=None)
+    app = LLMApp(title="Tollgate", docs_url=None, redoc_url=None, openapi_url=None)
     handler = Handler(gw, port)
     app.router.routes.append(
         StarletteRoute("/{path:path}", handler.handle, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]))

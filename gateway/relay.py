@@ -31,13 +31,19 @@ SYSTEMS = {"openAI": "openai", "anthropic": "anthropic"}
 
 
 def metric_fields(handler: "Handler", call: "Call") -> dict[str, str]:
-    fields = handler.gw.config.metrics_fields
+    """The `config.metrics.fields.add` labels; cached per key when they read only `apiKey`."""
+    gw = handler.gw
+    fields = gw.config.metrics_fields
     if not fields:
         return {}
+    key_id = call.identity.key_id if call.identity else ""
+    cached = gw.label_cache.get(key_id) if gw.labels_per_key else None
+    if cached is not None:
+        return cached
     request = call.request
     activation = build_activation(
         call.identity.metadata if call.identity else None,
-        request.method, request.url.path, request.headers, None)
+        request.method, request.url.path, request.headers, {"requestModel": call.req.model})
     out = {}
     for label, expr in fields.items():
         try:
@@ -45,6 +51,8 @@ def metric_fields(handler: "Handler", call: "Call") -> dict[str, str]:
         except CelError:
             value = ""
         out[label] = "" if value is None else str(value)
+    if gw.labels_per_key:
+        gw.label_cache[key_id] = out
     return out
 
 

@@ -64,7 +64,7 @@ def _uvicorn(app, host: str, port: int) -> _Server:
     config = uvicorn.Config(
         app, host=host, port=port, loop="none", http="httptools", lifespan="off",
         access_log=False, log_config=None, timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        backlog=2048, timeout_keep_alive=30,
+        backlog=2048, timeout_keep_alive=30, proxy_headers=False, server_header=False,
     )
     return _Server(config)
 

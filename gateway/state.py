@@ -24,6 +24,8 @@ class Gateway:
         self.upstream = Upstream()
         self.accounting = Accounting(self.metrics)
         self.ready = False
+        self.label_cache: dict[str, dict[str, str]] = {}
+        self.labels_per_key = self._labels_per_key(config)
         # Work that outlives its response (draining abandoned streams); awaited at shutdown.
         self._background: set[asyncio.Task] = set()
 
@@ -34,7 +36,15 @@ class Gateway:
             log.warning("listener ports changed (%s -> %s): takes effect on restart",
                         sorted(old_ports), sorted(new_ports))
         self.config = config
+        self.labels_per_key = self._labels_per_key(config)
+        self.label_cache = {}
         log.info("config reloaded from %s", config.source)
+
+    @staticmethod
+    def _labels_per_key(config: GatewayConfig) -> bool:
+        """Metric labels that read only `apiKey.*` are the same for every call of a key."""
+        return not any(word in expr.source for expr in config.metrics_fields.values()
+                       for word in ("request", "llm"))
 
     def listener(self, port: int) -> Listener | None:
         for lst in self.config.listeners:
