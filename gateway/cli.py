@@ -4,6 +4,7 @@
     tollgate validate -f CONFIG             exit 0 and "ok", or 1 and `file:line: message`
     tollgate keys generate [--metadata k=v] print a key, then its `keyHash` YAML entry
     tollgate schema                         JSON schema of the config file
+    tollgate demo [--redis-url URL]         mock upstream + rate-limit service + gateway, from deploy/
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ def dispatch(argv: list[str] | None = None) -> int:
         return _schema()
     if command == "keys":
         return _keys(args)
+    if command == "demo":
+        from gateway.demo import main as demo
+
+        return demo(args.redis_url)
     config_path = getattr(args, "config", None) or os.environ.get("TOLLGATE_CONFIG")
     if not config_path:
         print("tollgate: no config: pass -f CONFIG or set TOLLGATE_CONFIG", file=sys.stderr)
@@ -54,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"], help="env TOLLGATE_LOG_LEVEL; default info")
     parser = argparse.ArgumentParser(prog="tollgate", parents=[common],
                                      description="LLM gateway with virtual keys and token budgets.")
-    sub = parser.add_subparsers(dest="command", metavar="{validate,keys,schema}")
+    sub = parser.add_subparsers(dest="command", metavar="{validate,keys,schema,demo}")
     sub.add_parser("validate", parents=[common], help="check a config file")
     sub.add_parser("schema", parents=[common], help="print the config's JSON schema")
+    demo = sub.add_parser("demo", parents=[common], help="run the whole system locally from deploy/")
+    demo.add_argument("--redis-url", default=None, help="env REDIS_URL; default memory:// (embedded)")
     keys = sub.add_parser("keys", parents=[common], help="virtual key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="{generate}")
     generate = keys_sub.add_parser("generate", help="print a new random key and its keyHash entry")
