@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from deploy_files import REPO
 from deploy_observe import (
-    exported_names, metric_names, panel_queries, prometheus_binary, query, concrete, render_prometheus,
+    concrete, exported_names, metric_names, panel_queries, prometheus_binary, query, render_prometheus,
     start_prometheus, variable_queries,
 )
-from deploy_stack import missing_scripts, ComposeStack, Local
+from deploy_stack import ComposeStack, Local, missing_scripts
 from deploy_walkthrough import KEYS, chat, run_walkthrough
 
 pytestmark = pytest.mark.skipif(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_files import K8S_DEMO, REPO, container, k8s_object, load_yaml_docs, mount_path_of
+from deploy_files import K8S_DEMO, container, k8s_object, load_yaml_docs, mount_path_of
 from deploy_stack import missing_scripts, localize, script_command
 from deploy_walkthrough import chat, run_walkthrough, wait_for_status
 from procs import Proc, free_port, redis_server_binary

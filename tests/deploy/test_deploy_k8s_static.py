@@ -18,7 +18,7 @@ import yaml
 
 from deploy_files import (
     DEPLOY, K8S, K8S_DEMO, container, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
-    load_yaml, load_yaml_docs, mount_path_of, pod_spec,
+    load_yaml_docs, mount_path_of, pod_spec,
 )
 
 OBJECTS = [(path.name, doc) for root in (K8S, K8S_DEMO) for path, doc in k8s_objects(root)]
