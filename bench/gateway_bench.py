@@ -60,7 +60,7 @@ def start_ratelimit(workdir: Path) -> tuple[list[Proc], str]:
     conf.mkdir()
     (conf / "bench.yaml").write_text(yaml.safe_dump({
         "domain": "bench",
-        "descriptors": [{"key": "user_id", "rate_limit": {"unit": "second", "requests_per_unit": 10**12}}],
+        "descriptors": [{"key": "user_id", "rate_limit": {"unit": "second", "requests_per_unit": 4_000_000_000}}],
     }))
     port = free_port()
     svc = Proc("ratelimit", python_cmd("ratelimit_service", "--config-dir", str(conf),

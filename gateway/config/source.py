@@ -17,8 +17,10 @@ import yaml
 
 Path = tuple[Any, ...]
 
-# `$$` is a literal `$`; `$NAME` and `${NAME}` read the environment.
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+# `$$` is a literal `$`; `$NAME` and `${NAME}` read the environment, and
+# `${NAME:-default}` falls back to the default when NAME is unset or empty (as in
+# shells and docker compose), so one file serves compose, Kubernetes and local runs.
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,12 @@ def parse_yaml(text: str, file: str, expand_env: bool = True) -> Document:
 def expand(value: str, unset: list[str]) -> str:
     """Expand `$VAR` / `${VAR}`; an unset variable becomes "" and is appended to `unset`."""
     def sub(m: re.Match) -> str:
-        name = m.group(1) or m.group(2)
+        name = m.group(1) or m.group(3)
         if name is None:
             return "$"
         got = os.environ.get(name)
+        if m.group(2) is not None and not got:
+            return m.group(2)
         if got is None:
             unset.append(name)
             return ""
