@@ -5,7 +5,8 @@
 Rows: the mock upstream called directly; a bare FastAPI passthrough (bench/passthrough.py)
 to the same mock; Tollgate with key auth + a local token bucket + metrics; and with
 --distributed, Tollgate whose every request also reserves and settles through the
-rate-limit service and a real redis-server. Ratios are against the passthrough.
+rate-limit service and a real redis-server, for 100 users in turn (one budget each).
+Ratios are against the passthrough.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ sys.path.insert(0, str(REPO / "bench"))
 import wrk  # noqa: E402
 from procs import Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis  # noqa: E402
 
-KEY = "sk-bench-user"
+USERS = 100
+KEYS = [f"sk-bench-user-{i}" for i in range(USERS)]
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]})
 
 
 def gateway_config(mock: str, port: int, admin_port: int, ratelimit: str | None) -> dict:
     policies = {
-        "apiKey": {"keys": [{"key": KEY, "metadata": {"user_id": "bench"}}]},
+        "apiKey": {"keys": [{"key": k, "metadata": {"user_id": f"user{i}"}} for i, k in enumerate(KEYS)]},
         "localRateLimit": [{"maxTokens": 10**12, "tokensPerFill": 10**12, "fillInterval": "1s", "type": "tokens"}],
     }
     if ratelimit:
@@ -96,13 +98,14 @@ def main() -> None:
             dist = start_tollgate(workdir, mock_url, rl_host)
             procs.append(dist.proc)
             targets["tollgate (distributed)"] = dist.url
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+        headers = {"Content-Type": "application/json"}
         for conns in (8, 1):
             print(f"\nconcurrency {conns}, {args.seconds:g}s each")
             results = {}
             for name, url in targets.items():
-                wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, 1)  # warm-up
-                results[name] = wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, args.seconds)
+                wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, 1, bearer_keys=KEYS)  # warm-up
+                results[name] = wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, args.seconds,
+                                        bearer_keys=KEYS)
                 print(results[name].row(name))
             base = results["bare FastAPI passthrough"]
             for name, r in results.items():

@@ -15,6 +15,17 @@ wrk.body = [[{body}]]
 {headers}
 """
 
+# Each request takes the next bearer key in turn: many users, as in production.
+ROTATE = """
+local keys = {{{keys}}}
+local i = 0
+request = function()
+  i = i + 1
+  wrk.headers["Authorization"] = "Bearer " .. keys[(i % #keys) + 1]
+  return wrk.format()
+end
+"""
+
 
 @dataclass(frozen=True)
 class Result:
@@ -44,12 +55,15 @@ def parse(out: str) -> Result:
     return Result(rps, pct["50"], pct["99"], errors)
 
 
-def run(url: str, body: str, headers: dict[str, str], connections: int, seconds: float, threads: int = 1) -> Result:
+def run(url: str, body: str, headers: dict[str, str], connections: int, seconds: float, threads: int = 1,
+        bearer_keys: list[str] | None = None) -> Result:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA.format(body=body, headers=header_lines))
+        if bearer_keys:
+            f.write(ROTATE.format(keys=", ".join(f'"{k}"' for k in bearer_keys)))
         script = Path(f.name)
     try:
         out = subprocess.run(

@@ -61,9 +61,10 @@ def script_command(name: str) -> list[str]:
 
 
 def localize(text: str, addresses: dict[str, str]) -> str:
-    """Replaces each `host:port` of `addresses` (a whole address, not a suffix of one)."""
+    """Replaces each `host:port` of `addresses` (a whole address, not a suffix of one),
+    also as the default of a `${VAR:-host:port}` reference."""
     for address, local in addresses.items():
-        text = re.sub(rf"(?<![\w.-]){re.escape(address)}(?!\d)", local, text)
+        text = re.sub(rf"(?:(?<=:-)|(?<![\w.-])){re.escape(address)}(?!\d)", local, text)
     return text
 
 

@@ -16,8 +16,10 @@ import tomllib
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from deploy_files import (
+    interpolate,
     COMPOSE, DEPLOY, DOCKERFILE, REPO, compose, dockerfile_copies, dockerfile_env,
     dockerfile_instructions, healthcheck_command, image_file, interpolate, load_yaml, service,
     service_environment, service_volumes,
@@ -123,7 +125,9 @@ def test_addresses_between_services_name_real_services_and_exposed_ports():
 
 
 def gateway_config() -> dict:
-    return load_yaml(container_to_host("gateway", "/etc/tollgate/config.yaml"))
+    """The gateway config as a replica reads it: `${VAR:-default}` with compose's environment."""
+    text = container_to_host("gateway", "/etc/tollgate/config.yaml").read_text()
+    return yaml.safe_load(interpolate(text, service_environment("gateway")))
 
 
 def test_gateway_config_fits_the_compose_topology():
@@ -143,7 +147,8 @@ def test_gateway_config_fits_the_compose_topology():
 
 def test_gateway_config_references_only_variables_compose_sets():
     text = container_to_host("gateway", "/etc/tollgate/config.yaml").read_text()
-    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
+    # Variables with a `:-default` need not be set; every other one must be.
+    used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)(?![A-Z0-9_]*:-)", text))
     assert used and used <= set(service_environment("gateway"))
 
 

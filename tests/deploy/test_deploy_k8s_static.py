@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from deploy_files import (
-    DEPLOY, K8S, K8S_DEMO, container, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
+    DEPLOY, K8S, K8S_DEMO, container, interpolate, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
     load_yaml_docs, mount_path_of, pod_spec,
 )
 
@@ -116,15 +116,16 @@ def test_gateway_reads_its_config_and_keys_from_the_mounted_objects():
     config_path = arg_after(container(gateway)["command"], "-f")
     config_mount = mount_path_of(gateway, "config")
     assert config_path == f"{config_mount}/config.yaml"
-    config = yaml.safe_load(k8s_object("ConfigMap", "tollgate-gateway-config")["data"]["config.yaml"])
+    env = {e["name"]: e.get("value", "") for e in container(gateway)["env"]}
+    text = k8s_object("ConfigMap", "tollgate-gateway-config")["data"]["config.yaml"]
+    config = yaml.safe_load(interpolate(text, env))  # as the gateway expands it
     assert config["llm"]["policies"]["apiKey"]["keysDir"] == mount_path_of(gateway, "keys")
     for rule in config["llm"]["policies"]["remoteRateLimit"]["conditional"]:
         host, port = rule["host"].split(":")
         assert int(port) in service_port(host)
     ports = {p["containerPort"] for p in container(gateway)["ports"]}
     assert {config["llm"]["port"], int(config["config"]["adminAddr"].rsplit(":", 1)[1])} == ports
-    env = {e["name"] for e in container(gateway)["env"]}
-    assert {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"} <= env
+    assert {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"} <= set(env)
 
 
 def test_ratelimit_reads_the_configmap_and_reaches_redis():
