@@ -17,7 +17,7 @@ KEY = "sk-behaviour-key"
 NARROW = "sk-narrow-key"
 
 
-def config(mock_url: str, port: int, admin_port: int, keys_dir=None, **policies) -> dict:
+def config(mock_url: str, port: int, admin_port: int, keys_dir=None, catalog=None, **policies) -> dict:
     api_key = {"keys": [{"key": KEY, "metadata": {"user_id": "u1"}},
                         {"key": NARROW, "allowedModels": ["gpt-4o-mini"]}]}
     if keys_dir:
@@ -27,7 +27,9 @@ def config(mock_url: str, port: int, admin_port: int, keys_dir=None, **policies)
                 "models": [{"name": "gpt-4o-mini", "provider": "openAI", "params": {"apiKey": "k", "baseUrl": mock_url}},
                            {"name": "gpt-4o", "provider": "openAI", "params": {"apiKey": "k", "baseUrl": mock_url}},
                            {"name": "gpt-*", "provider": "openAI", "params": {"apiKey": "k", "baseUrl": mock_url}}]},
-        "config": {"adminAddr": f"127.0.0.1:{admin_port}", "maxBodySize": 4096},
+        "config": {"adminAddr": f"127.0.0.1:{admin_port}", "maxBodySize": 4096,
+                   "metrics": {"fields": {"add": {"user_id": "apiKey.user_id"}}},
+                   **({"modelCatalog": catalog} if catalog else {})},
     }
 
 
@@ -176,3 +178,16 @@ def test_graceful_shutdown_finishes_in_flight_streams(run):
     assert text.rstrip().endswith("data: [DONE]")
     assert '"completion_tokens":40' in text.replace(" ", "")
     assert gw.proc.popen.wait(10) == 0
+
+
+def test_spend_in_usd_per_key_from_the_model_catalog(run):
+    gw = run(catalog={"gpt-4o-mini": {"input": 0.15, "output": 0.60}})
+    usage = post(gw).json()["usage"]
+    post(gw, NARROW)  # a key without user_id metadata: its own (empty) label
+    text = httpx.get(f"{gw.admin}/metrics").text
+    costs = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'tollgate_gen_ai_client_cost_usd_total\{[^}]*user_id="(\w*)"[^}]*\} ([0-9.e+-]+)', text)}
+    expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
+    assert costs["u1"] == pytest.approx(expected)
+    assert costs[""] == pytest.approx(expected)
+    assert re.search(r'tollgate_gen_ai_client_token_usage_sum\{[^}]*gen_ai_token_type="output"[^}]*user_id="u1"', text)

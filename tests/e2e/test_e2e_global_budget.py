@@ -188,3 +188,42 @@ def test_redis_restart_reloads_scripts(soft):
             break
         time.sleep(0.1)
     assert r.status_code == 200, r.text
+
+
+def remote_remaining(stack: Stack, user: str) -> int:
+    r = httpx.post(f"http://{stack.ratelimit_host}/json", json={
+        "domain": "token-budgets",
+        "descriptors": [{"entries": [{"key": "user_id", "value": user}], "hits_addend": 0}]})
+    return int(r.json()["statuses"][0].get("limitRemaining", 0))
+
+
+def test_refused_requests_are_never_charged(tmp_path):
+    s = Stack(tmp_path)
+    try:
+        s.start_redis()
+        s.start_mock("--completion-tokens", str(COMPLETION))
+        s.start_ratelimit(domain_yaml(100))
+        config = gateway_config(s, "soft")
+        config["llm"]["policies"]["localRateLimit"] = [
+            {"maxTokens": 3, "tokensPerFill": 3, "fillInterval": "1h", "type": "requests"}]
+        gw = s.start_gateway(config)
+
+        assert chat(gw.url, "sk-load-user").status_code == 200  # local 3 -> 2, remote ~40 left
+        assert chat(gw.url, "sk-load-user").status_code == 200  # local 2 -> 1, remote in debt
+        refused = chat(gw.url, "sk-load-user")
+        assert refused.status_code == 429 and "user_id=load" in refused.json()["error"]["message"]
+        # The remote refusal handed back its local reservation: one request is left for other.
+        assert chat(gw.url, "sk-other-user").status_code == 200  # local 1 -> 0
+        # Raise load's remote limit so what is charged to it becomes visible, then let the
+        # local bucket refuse: that refusal must not reach the global budget.
+        (s.config_dir / "config.yaml").write_text(domain_yaml(10**6))
+        deadline = time.monotonic() + 3
+        while remote_remaining(s, "load") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = remote_remaining(s, "load")
+        assert before > 10**6 - 200
+        local = chat(gw.url, "sk-load-user")
+        assert local.status_code == 429 and "localRateLimit" in local.json()["error"]["message"]
+        assert remote_remaining(s, "load") >= before  # refill only; a charge would be ~60 tokens
+    finally:
+        s.stop()
