@@ -19,7 +19,9 @@ MAX_UINT32 = 2**32 - 1
 MAX_UINT64 = 2**64 - 1
 MAX_INT64 = 2**63 - 1
 
-__all__ = ["JSON", "RESERVE", "SETTLE", "BadRequest", "Descriptor", "Request", "parse_request", "render"]
+__all__ = [
+    "JSON", "RESERVE", "SETTLE", "BadRequest", "Descriptor", "Request", "decode", "parse_document", "render",
+]
 
 _REQUEST_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend"})
 _DESCRIPTOR_FIELDS = frozenset({"entries", "limit", "hits_addend", "hitsAddend"})
@@ -48,11 +50,15 @@ class Request:
     hits: int  # the request's hits_addend; 0 or unset counts as 1
 
 
-def parse_request(body: bytes, api: str) -> Request:
+def decode(body: bytes):
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"invalid JSON: {e}") from None
+
+
+def parse_document(doc, api: str) -> Request:
+    """A decoded request body: the single calls' bodies and the batch's items alike."""
     if type(doc) is not dict:
         raise BadRequest("the request must be a JSON object")
     _check_fields(doc, _REQUEST_FIELDS, "")

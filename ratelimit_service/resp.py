@@ -162,6 +162,8 @@ class PipelinedRedis:
         self._parts = parts
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
+        self._attempts = 0  # connection attempts started
+        self._failure: str | None = None  # why the latest attempt failed
 
     async def call(self, *args) -> Reply:
         conn = self._conn
@@ -170,29 +172,43 @@ class PipelinedRedis:
         return await conn.call(encode(args))
 
     async def _connect(self) -> _Connection:
+        attempt = self._attempts
         async with self._lock:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
-            parts = self._parts
-            loop = asyncio.get_running_loop()
+            if self._attempts != attempt and self._failure is not None:
+                # An attempt made while this call waited has just failed: share its answer
+                # rather than queue one more timeout (a batch of 1,000 would wait 1,000 times).
+                raise RedisUnavailable(self._failure)
+            self._attempts += 1
             try:
-                if parts.scheme == "unix":
-                    connect = loop.create_unix_connection(lambda: _Connection(self.timeout), parts.path)
-                else:
-                    tls = ssl.create_default_context() if parts.scheme == "rediss" else None
-                    connect = loop.create_connection(
-                        lambda: _Connection(self.timeout), parts.hostname or "localhost", parts.port or 6379, ssl=tls
-                    )
-                _, conn = await asyncio.wait_for(connect, self.timeout)
-            except (OSError, asyncio.TimeoutError) as e:
-                raise RedisUnavailable(f"cannot connect to {self._where()}: {e or 'timed out'}") from None
-            try:
-                await self._handshake(conn)
-            except RespError as e:
-                conn.transport.close()
-                raise RedisUnavailable(f"{self._where()} refused the connection: {e}") from None
-            self._conn = conn
-            return conn
+                self._conn = await self._open()
+            except RedisUnavailable as e:
+                self._failure = str(e)
+                raise
+            self._failure = None
+            return self._conn
+
+    async def _open(self) -> _Connection:
+        parts = self._parts
+        loop = asyncio.get_running_loop()
+        try:
+            if parts.scheme == "unix":
+                connect = loop.create_unix_connection(lambda: _Connection(self.timeout), parts.path)
+            else:
+                tls = ssl.create_default_context() if parts.scheme == "rediss" else None
+                connect = loop.create_connection(
+                    lambda: _Connection(self.timeout), parts.hostname or "localhost", parts.port or 6379, ssl=tls
+                )
+            _, conn = await asyncio.wait_for(connect, self.timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise RedisUnavailable(f"cannot connect to {self._where()}: {str(e) or 'timed out'}") from None
+        try:
+            await self._handshake(conn)
+        except RespError as e:
+            conn.transport.close()
+            raise RedisUnavailable(f"{self._where()} refused the connection: {e}") from None
+        return conn
 
     async def _handshake(self, conn: _Connection) -> None:
         parts = self._parts

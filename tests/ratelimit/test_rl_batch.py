@@ -1,0 +1,230 @@
+"""POST /v1/batch: each item answered exactly as its single /v1/reserve or /v1/settle call."""
+
+import re
+import uuid
+
+import httpx
+import pytest
+from rl_procs import call, descriptor, metric, start_service
+
+CONFIG = """
+domain: tokens
+descriptors:
+  - key: user_id
+    rate_limit: {unit: hour, requests_per_unit: 1000}
+  - key: team
+    rate_limit: {unit: hour, requests_per_unit: 300}
+  - key: model
+    shadow_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+  - key: plan
+    value: unlimited
+    rate_limit: {unlimited: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def service(redis_url, tmp_path_factory):
+    config_dir = tmp_path_factory.mktemp("rl-batch")
+    (config_dir / "tokens.yaml").write_text(CONFIG)
+    proc, base = start_service(config_dir, redis_url)
+    yield base
+    proc.stop()
+
+
+def fresh(key: str) -> dict:
+    return descriptor((key, uuid.uuid4().hex))
+
+
+def item(op: str, *descriptors: dict, domain: str = "tokens", **extra) -> dict:
+    return {"op": op, "domain": domain, "descriptors": list(descriptors), **extra}
+
+
+def batch(base: str, *items: dict) -> httpx.Response:
+    return httpx.post(f"{base}/v1/batch", json={"items": list(items)}, timeout=10)
+
+
+def answers(response: httpx.Response) -> list[tuple[int, dict]]:
+    assert response.status_code == 200, response.text
+    return [(a["status"], a["body"]) for a in response.json()["items"]]
+
+
+def remaining(base: str, d: dict) -> int:
+    """What the bucket has left, by a check-only reservation (charges nothing)."""
+    return call(base, "tokens", {**d, "hits_addend": 0}, path="/v1/reserve").json()["statuses"][0].get(
+        "limitRemaining", 0)
+
+
+def test_mixed_reserve_and_settle_items(service):
+    u, t = fresh("user_id"), fresh("team")
+    replies = answers(batch(
+        service,
+        item("reserve", {**u, "hits_addend": 100}),
+        item("settle", {**t, "hits_addend": 40}),
+        item("reserve", {**t, "hits_addend": 10, "max_hits": 500}),
+    ))
+    assert [status for status, _ in replies] == [200, 200, 200]
+    (_, reserved), (_, settled), (_, elastic) = replies
+    assert reserved["granted"] == 100 and reserved["statuses"][0]["limitRemaining"] == 900
+    assert "granted" not in settled and settled["statuses"][0]["limitRemaining"] == 260
+    assert elastic["granted"] == 260  # the settle before it in the batch left 260
+    assert remaining(service, u) == 900 and remaining(service, t) == 0
+
+
+def test_an_over_limit_item_is_refused_alone(service):
+    ok_user, full_user = fresh("user_id"), fresh("user_id")
+    replies = answers(batch(
+        service,
+        item("reserve", {**ok_user, "hits_addend": 10}),
+        item("reserve", {**full_user, "hits_addend": 1001}),
+    ))
+    (ok_status, ok), (over_status, over) = replies
+    assert ok_status == 200 and ok["overallCode"] == "OK" and ok["granted"] == 10
+    assert over_status == 429 and over["overallCode"] == "OVER_LIMIT" and over["granted"] == 0
+    assert over["statuses"][0]["code"] == "OVER_LIMIT" and over["statuses"][0]["retryAfter"]
+    assert remaining(service, ok_user) == 990 and remaining(service, full_user) == 1000  # refused: nothing charged
+
+
+def test_a_bad_item_gets_its_own_400_and_the_others_are_decided(service):
+    u1, u2 = fresh("user_id"), fresh("user_id")
+    replies = answers(batch(
+        service,
+        item("reserve", {**u1, "hits_addend": 5}),
+        item("reserve"),
+        item("settle", {**u2, "hits_addend": 1, "max_hits": 9}),
+        item("settle", {"entries": [{"key": "user_id", "value": 7}]}),
+        item("reserve", {**u2, "hits_addend": 7}, hits_addend="many"),
+        item("settle", {**u2, "hits_addend": 3}),
+    ))
+    assert replies[1] == (400, {"error": "rate limit descriptor list must not be empty"})
+    assert replies[2] == (400, {"error": 'descriptors[0].unknown field "max_hits"'})  # elastic is reserve-only
+    assert replies[3] == (400, {"error": "descriptors[0].entries[0].value: expected a string"})
+    assert replies[4] == (400, {"error": 'hits_addend: expected an integer, got "many"'})
+    assert replies[0][0] == 200 and replies[5][0] == 200
+    assert remaining(service, u1) == 995 and remaining(service, u2) == 997
+
+
+def test_replies_come_in_the_order_of_the_items(service):
+    users = [fresh("user_id") for _ in range(40)]
+    # Distinct charges per bucket, and one bucket charged several times in a row.
+    items = [item("reserve", {**u, "hits_addend": i + 1}) for i, u in enumerate(users)]
+    items += [item("settle", {**users[0], "hits_addend": 10}) for _ in range(5)]
+    replies = answers(batch(service, *items))
+    assert len(replies) == len(items)
+    left = [body["statuses"][0]["limitRemaining"] for _, body in replies]
+    assert left[:40] == [1000 - (i + 1) for i in range(40)]
+    assert left[40:] == [989, 979, 969, 959, 949]
+
+
+def test_limits_without_redis_and_unknown_domains_answer_as_single_calls(service):
+    replies = answers(batch(
+        service,
+        item("reserve", descriptor(("plan", "unlimited"), hits_addend=5)),
+        item("settle", descriptor(("user_id", "x"), hits_addend=5), domain="nowhere"),
+    ))
+    assert replies == [
+        (200, {"overallCode": "OK", "statuses": [{"code": "OK", "limitRemaining": 4294967295}], "granted": 5}),
+        (200, {"overallCode": "OK", "statuses": [{"code": "OK"}]}),
+    ]
+
+
+def scenario() -> list[dict]:
+    """Items covering every kind of answer, on buckets no other test or run touches."""
+    u, t, m = fresh("user_id"), fresh("team"), fresh("model")
+    return [
+        item("reserve", {**u, "hits_addend": 100}),
+        item("reserve", {**u, "hits_addend": 10, "max_hits": 4000}, {**t, "hits_addend": 10, "max_hits": 4000}),
+        item("reserve", {**t, "hits_addend": 5}),
+        item("settle", {**u, "hits_addend": -50}, {**t, "hits_addend": 25}),
+        item("reserve", {**u, "hits_addend": 0}),
+        item("reserve", {**u, "hits_addend": 1}, {**m, "hits_addend": 20}),
+        item("settle", {**t, "hits_addend": "-3"}),
+        item("reserve", {**u, "hits_addend": 2}, hits_addend=3),
+        item("reserve", {**fresh("user_id"), "limit": {"requests_per_unit": 2, "unit": "HOUR"}, "hits_addend": 3}),
+        item("settle", {**u, "hits_addend": 1}, domain=""),
+        item("reserve", {**u, "hits_addend": -1}),
+        item("settle", descriptor(("plan", "unlimited"))),
+    ]
+
+
+DURATION = re.compile(r"'(\d+)s'")
+
+
+def normalized(status: int, body: dict) -> tuple[int, str, list[int]]:
+    """(status, body with bucket ids and durations blanked, the durations in seconds)."""
+    text = re.sub(r"[0-9a-f]{32}", "ID", repr(body))
+    return status, DURATION.sub("'Ns'", text), [int(s) for s in DURATION.findall(text)]
+
+
+def test_each_item_answers_exactly_as_its_single_call(service):
+    single_items, batch_items = scenario(), scenario()
+    singles = []
+    for it in single_items:
+        op, body = it.pop("op"), it
+        r = httpx.post(f"{service}/v1/{op}", json=body, timeout=5)
+        singles.append((r.status_code, r.json()))
+    batched = answers(batch(service, *batch_items))
+    assert [s for s, _ in singles] == [200, 200, 429, 200, 200, 200, 200, 200, 429, 400, 400, 200]
+    for (status, text, durations), (want_status, want_text, want_durations) in zip(
+        map(lambda a: normalized(*a), batched), map(lambda a: normalized(*a), singles), strict=True,
+    ):
+        assert (status, text) == (want_status, want_text)
+        # Buckets drain between the single calls: a duration may come out a second shorter.
+        assert len(durations) == len(want_durations)
+        assert all(abs(a - b) <= 1 for a, b in zip(durations, want_durations)), (durations, want_durations)
+
+
+def test_a_malformed_batch_is_a_400_naming_the_problem_and_decides_nothing(service):
+    u = fresh("user_id")
+    good = item("reserve", {**u, "hits_addend": 1})
+    url = f"{service}/v1/batch"
+    cases = [
+        (b"{", "invalid JSON"),
+        (b"[]", "the batch must be a JSON object"),
+        (b"{}", "items: expected a list"),
+        (b'{"items": {}}', "items: expected a list"),
+        (b'{"items": [], "extra": 1}', 'unknown field "extra"'),
+    ]
+    for raw, message in cases:
+        r = httpx.post(url, content=raw, timeout=5)
+        assert r.status_code == 400 and r.json()["error"].startswith(message), (raw, r.text)
+    for bad, message in [
+        ({"domain": "tokens", "descriptors": []}, "items[1].op must be reserve or settle"),
+        ({**good, "op": "json"}, "items[1].op must be reserve or settle"),
+        ({**good, "op": ["reserve"]}, "items[1].op must be reserve or settle"),
+        ("reserve", "items[1] must be an object"),
+    ]:
+        r = httpx.post(url, json={"items": [good, bad, good]}, timeout=5)
+        assert (r.status_code, r.json()) == (400, {"error": message})
+    too_many = httpx.post(url, json={"items": [good] * 1001}, timeout=10)
+    assert too_many.status_code == 400 and too_many.json() == {"error": "items: 1001 items, at most 1000 per batch"}
+    assert remaining(service, u) == 1000
+    huge = httpx.post(url, content=b" " * (8 << 20) + b"{}", timeout=10)
+    assert huge.status_code == 413 and huge.json() == {"error": f"request body over {8 << 20} bytes"}
+    assert httpx.get(url, timeout=5).status_code == 405
+    assert answers(batch(service)) == []
+
+
+def test_items_are_counted_in_the_decision_metrics_under_their_own_api(service):
+    labels = {"domain": "tokens", "descriptor": "team"}
+
+    def counts() -> tuple[float, ...]:
+        return (
+            metric(service, "tollgate_ratelimit_decisions_total", api="reserve", code="OK", **labels),
+            metric(service, "tollgate_ratelimit_decisions_total", api="reserve", code="OVER_LIMIT", **labels),
+            metric(service, "tollgate_ratelimit_decisions_total", api="settle", code="OK", **labels),
+            metric(service, "tollgate_ratelimit_hits_total", api="reserve", **labels),
+            metric(service, "tollgate_ratelimit_requests_total", path="/v1/batch", status="200"),
+        )
+
+    t = fresh("team")
+    before = counts()
+    answers(batch(
+        service,
+        item("reserve", {**t, "hits_addend": 200}),
+        item("reserve", {**t, "hits_addend": 200}),
+        item("settle", {**t, "hits_addend": -200}),
+        item("reserve", {**t, "hits_addend": 50}),
+    ))
+    after = counts()
+    assert [a - b for a, b in zip(after, before)] == [2, 1, 1, 250, 1]
