@@ -72,14 +72,24 @@ class Service:
         stats.decisions[(api, domain, m.stat_key, "OVER_LIMIT" if outcome.over else "OK")] += 1
         if amount > 0:
             stats.hits[(api, domain, m.stat_key)] += amount
+        series = (domain, m.stat_key)
         if outcome.over and m.limit.shadow_mode and api != SETTLE:
-            stats.shadow[(domain, m.stat_key)] += 1
+            stats.shadow[series] += 1
+        # Gauges keep the last decision's values under the counters' own labels.
+        stats.limits[series] = m.limit
+        stats.remaining[series] = _remaining(outcome)
+
+
+def _remaining(outcome: Outcome) -> int:
+    """The reply's limitRemaining: nothing left to a request that was refused or is in debt."""
+    return 0 if outcome.over or outcome.remaining < 0 else outcome.remaining
 
 
 def _status(api: str, limit: Limit, outcome: Outcome) -> dict:
     status = {"code": "OVER_LIMIT" if outcome.over else "OK", "currentLimit": limit.current_limit}
-    if outcome.remaining > 0 and not outcome.over:
-        status["limitRemaining"] = outcome.remaining
+    remaining = _remaining(outcome)
+    if remaining:  # protojson omits zero values
+        status["limitRemaining"] = remaining
     status["durationUntilReset"] = duration(outcome.reset_ms)
     if api != JSON and outcome.over:
         status["retryAfter"] = duration(max(outcome.retry_ms, 1000))

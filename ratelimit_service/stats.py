@@ -8,6 +8,7 @@ nothing per decision. Names are exported exactly as written here.
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Callable, Iterable
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -15,7 +16,11 @@ from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
+from ratelimit_service.match import Limit
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Source = Callable[[], Iterable[Observation]]
 
 
 class Stats:
@@ -26,6 +31,9 @@ class Stats:
         self.hits: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         # (domain, descriptor) -> OVER_LIMIT results that shadow_mode let through
         self.shadow: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # (domain, descriptor) -> the limit, and the limitRemaining, of the latest decision
+        self.limits: dict[tuple[str, str], Limit] = {}
+        self.remaining: dict[tuple[str, str], int] = {}
         # (path, status) -> HTTP requests
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.redis_errors = 0
@@ -40,8 +48,8 @@ class Stats:
     def _instruments(self) -> None:
         meter = self._provider.get_meter("tollgate.ratelimit")
 
-        def counter(name: str, description: str, source: Callable[[], Iterable[Observation]]) -> None:
-            meter.create_observable_counter(name, callbacks=[lambda _: source()], description=description)
+        counter = partial(_observe, meter.create_observable_counter)
+        gauge = partial(_observe, meter.create_observable_gauge)
 
         counter(
             "tollgate_ratelimit_decisions_total", "Descriptor decisions by api, domain, descriptor and code.",
@@ -68,16 +76,32 @@ class Stats:
             "tollgate_ratelimit_config_errors_total", "Domain config loads rejected as invalid.",
             lambda: [Observation(self.config_errors)],
         )
-        meter.create_observable_gauge(
-            "tollgate_ratelimit_config_domains", callbacks=[lambda _: [Observation(self.domains)]],
-            description="Domains in the config in force.",
+        gauge("tollgate_ratelimit_config_domains", "Domains in the config in force.",
+              lambda: [Observation(self.domains)])
+        gauge(
+            "tollgate_ratelimit_limit", "requests_per_unit of the limit applied by the latest decision.",
+            self._limit_observations,
         )
+        gauge(
+            "tollgate_ratelimit_remaining", "limitRemaining of the latest decision (0 when refused or in debt).",
+            lambda: _labelled(self.remaining, ("domain", "descriptor")),
+        )
+
+    def _limit_observations(self) -> list[Observation]:
+        return [
+            Observation(limit.requests_per_unit, {"domain": domain, "descriptor": key, "unit": limit.unit.lower()})
+            for (domain, key), limit in list(self.limits.items())
+        ]
 
     def render(self) -> bytes:
         return generate_latest(self._registry)
 
     def shutdown(self) -> None:
         self._provider.shutdown()
+
+
+def _observe(create: Callable, name: str, description: str, source: Source) -> None:
+    create(name, callbacks=[lambda _: source()], description=description)
 
 
 def _labelled(counts: dict[tuple, int], names: tuple[str, ...]) -> list[Observation]:
