@@ -18,9 +18,8 @@ from gateway.cel import CelError
 from gateway.config.runtime import Route
 from gateway.metrics import Metrics
 from gateway.policies.local_ratelimit import LocalLimiter, TokenBucket, Verdict
-from gateway.policies.remote_ratelimit import (
-    Descriptor, RemoteClient, RemoteUnavailable, Status, resolve, select_rule,
-)
+from gateway.policies.ratelimit_client import RemoteClient, RemoteUnavailable
+from gateway.policies.remote_ratelimit import Descriptor, Status, resolve, select_rule
 
 log = logging.getLogger("tollgate.accounting")
 
@@ -123,7 +122,7 @@ class Accounting:
             try:
                 await self._admit_remote(route, demand, admission)
             except BaseException:
-                self.local.settle(charges, 0)
+                self.local.refund(charges)
                 raise
         return admission
 
@@ -171,7 +170,10 @@ class Accounting:
         if admission.settled:
             return
         admission.settled = True
-        self.local.settle(admission.local, usage.total_tokens if usage else 0)
+        if usage is None:
+            self.local.refund(admission.local)
+        else:
+            self.local.settle(admission.local, usage.total_tokens)
         hold = admission.remote
         if hold is None:
             return

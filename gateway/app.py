@@ -27,7 +27,7 @@ from gateway.llm import (
 )
 from gateway.relay import relay
 from gateway.state import Gateway
-from gateway.policies.remote_ratelimit import RemoteUnavailable
+from gateway.policies.ratelimit_client import RemoteUnavailable
 from gateway.upstream import UpstreamError, join_url
 
 JSON = "application/json"

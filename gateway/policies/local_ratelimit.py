@@ -112,6 +112,13 @@ class LocalLimiter:
                 bucket.take(total_tokens - reserved)
 
     @staticmethod
+    def refund(charges: list[tuple[TokenBucket, int]]) -> None:
+        """Hands back every reservation, request counts included: the call never happened."""
+        for bucket, reserved in charges:
+            if reserved:
+                bucket.take(-reserved)
+
+    @staticmethod
     def tightest(buckets: list[TokenBucket]) -> Verdict | None:
         """The most constrained token bucket, for success-path headers."""
         tokens = [b for b in buckets if b.limit.type == "tokens"]

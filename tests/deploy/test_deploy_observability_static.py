@@ -39,7 +39,7 @@ def test_metric_name_extraction():
 
 def test_dashboard_panels_cover_spend_429s_budgets_and_latency():
     titles = " | ".join(p["title"] for p in dashboard()["panels"]).lower()
-    for needed in ("tokens per key", "spend per key", "429s by descriptor", "budget spent", "p50 / p99"):
+    for needed in ("tokens per key", "spend per key", "429s by descriptor", "budget spent", "remaining budget", "p50 / p99"):
         assert needed in titles
     ids = [p["id"] for p in dashboard()["panels"]]
     assert len(ids) == len(set(ids))

@@ -74,3 +74,13 @@ def test_buckets_survive_reload_unless_their_limit_changes():
     assert limiter.buckets("route0", limits)[0] is first
     changed = limiter.buckets("route0", (LocalLimit(20, 1, 60, "tokens"),))[0]
     assert changed is not first and changed.can_take(20)
+
+
+def test_refund_hands_back_request_counts_and_tokens():
+    limiter = LocalLimiter()
+    buckets = limiter.buckets("r", (LocalLimit(100, 100, 60, "tokens"), LocalLimit(1, 1, 60, "requests")))
+    refusal, charges = limiter.reserve(buckets, 30)
+    assert refusal is None and limiter.reserve(buckets, 0)[0] is not None  # the one request is taken
+    limiter.refund(charges)
+    assert buckets[0].verdict(True).remaining == 100
+    assert limiter.reserve(buckets, 0)[0] is None  # the request was handed back
