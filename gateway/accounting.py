@@ -109,9 +109,6 @@ class Accounting:
         self.local = LocalLimiter()
         self.remote = RemoteClient()
 
-    async def start(self) -> None:
-        await self.remote.start()
-
     async def admit(self, route: Route, demand: Demand) -> Admission:
         buckets = self.local.buckets(route.name, route.policies.local_rate_limits)
         refusal, charges = self.local.reserve(buckets, demand.estimate)

@@ -69,7 +69,6 @@ class Gateway:
 
     async def start(self) -> None:
         await self.upstream.start()
-        await self.accounting.start()
 
     async def close(self, timeout: float = 30.0) -> None:
         if self._background:

@@ -1,4 +1,4 @@
-"""The client of the rate-limit service: pooled keep-alive, coalescing under load.
+"""The client of the rate-limit service: kept-alive connections, coalescing under load.
 
 Calls to one service host share a channel. While a call is on the wire, the calls
 that arrive meanwhile wait and then go together as one `/v1/batch` request, so a
@@ -14,9 +14,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-import aiohttp
-
 from gateway.config.runtime import RemotePolicy
+from gateway.policies.http1 import HTTPError, Pool
 from gateway.policies.remote_ratelimit import Status, parse_status
 
 log = logging.getLogger("tollgate.remote")
@@ -41,22 +40,24 @@ class _Call:
 
 
 class Channel:
-    def __init__(self, session: aiohttp.ClientSession, host: str) -> None:
-        self._session = session
+    def __init__(self, host: str) -> None:
         self.host = host
+        name, _, port = host.rpartition(":")
+        self._pool = Pool(name, int(port))
         self._queue: list[_Call] = []
         self._in_flight = 0
 
-    async def call(self, op: str, domain: str, descriptors: list[dict], timeout: float) -> tuple[int, dict]:
+    def submit(self, op: str, domain: str, descriptors: list[dict], timeout: float) -> asyncio.Future:
+        """Queues a call; the future gets (status, body) or RemoteUnavailable.
+
+        The HTTP call carrying it is bounded by `timeout`; a call queued behind a full
+        wire waits at most for the calls ahead of it, each bounded the same way.
+        """
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Call(op, domain, descriptors, timeout, future))
         if self._in_flight < MAX_IN_FLIGHT:
             self._flush()
-        try:
-            # On timeout wait_for cancels the future, and the sender skips it.
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise RemoteUnavailable(f"rate-limit service {self.host}: no answer within {timeout:g}s") from None
+        return future
 
     def _flush(self) -> None:
         calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
@@ -95,10 +96,13 @@ class Channel:
     async def _request(self, path: str, payload: dict, timeout: float) -> tuple[int, dict]:
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.post(f"http://{self.host}{path}", json=payload) as resp:
-                    return resp.status, json.loads(await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
-            raise RemoteUnavailable(f"rate-limit service {self.host}: {type(e).__name__}") from e
+                status, body = await self._pool.post(path, json.dumps(payload).encode())
+            return status, json.loads(body)
+        except (HTTPError, asyncio.TimeoutError, ValueError) as e:
+            raise RemoteUnavailable(f"rate-limit service {self.host}: {e or type(e).__name__}") from e
+
+    def close(self) -> None:
+        self._pool.close()
 
     def _result(self, status: int, body: dict):
         if status not in (200, 429):
@@ -108,51 +112,57 @@ class Channel:
 
 class RemoteClient:
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
         self._channels: dict[str, Channel] = {}
-        self._pending: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=60), json_serialize=json.dumps)
+        self._pending: set[asyncio.Future] = set()  # settles not yet delivered
 
     def _channel(self, host: str) -> Channel:
         channel = self._channels.get(host)
         if channel is None:
-            channel = self._channels[host] = Channel(self._session, host)
+            channel = self._channels[host] = Channel(host)
         return channel
 
     async def reserve(self, policy: RemotePolicy, descriptors: list[dict]) -> tuple[bool, list[Status], int | None]:
         """(admitted, per-descriptor statuses, elastic grant)."""
-        status, body = await self._channel(policy.host).call("reserve", policy.domain, descriptors, policy.timeout)
+        status, body = await self._channel(policy.host).submit("reserve", policy.domain, descriptors, policy.timeout)
         statuses = [parse_status(s) for s in body.get("statuses", [])]
         granted = body.get("granted")
         return status == 200, statuses, int(granted) if granted is not None else None
 
     def settle(self, policy: RemotePolicy, descriptors: list[dict]) -> None:
-        """Queues an adjustment; it is retried until the service takes it."""
-        task = asyncio.get_running_loop().create_task(self._settle(policy, descriptors))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        """Queues an adjustment; it is retried until the service takes it.
 
-    async def _settle(self, policy: RemotePolicy, descriptors: list[dict]) -> None:
-        delay = 0.05
-        channel = self._channel(policy.host)
-        while True:
-            try:
-                await channel.call("settle", policy.domain, descriptors, max(policy.timeout, SETTLE_TIMEOUT))
+        Callbacks rather than a task per settle: this runs for every request.
+        """
+        delivered = asyncio.get_running_loop().create_future()
+        self._pending.add(delivered)
+        delivered.add_done_callback(self._pending.discard)
+        self._attempt(policy, descriptors, delivered, 0.05)
+
+    def _attempt(self, policy: RemotePolicy, descriptors: list[dict], delivered: asyncio.Future,
+                 delay: float) -> None:
+        if delivered.done():  # given up at shutdown
+            return
+        attempt = self._channel(policy.host).submit(
+            "settle", policy.domain, descriptors, max(policy.timeout, SETTLE_TIMEOUT))
+
+        def finished(f: asyncio.Future) -> None:
+            error = f.exception()
+            if error is None:
+                if not delivered.done():
+                    delivered.set_result(None)
                 return
-            except RemoteUnavailable as e:
-                log.warning("settle for %s not taken, retrying in %.2fs: %s", policy.domain, delay, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, SETTLE_BACKOFF_MAX)
+            log.warning("settle for %s not taken, retrying in %.2fs: %s", policy.domain, delay, error)
+            asyncio.get_running_loop().call_later(
+                delay, self._attempt, policy, descriptors, delivered, min(delay * 2, SETTLE_BACKOFF_MAX))
+
+        attempt.add_done_callback(finished)
 
     async def close(self, timeout: float = 10.0) -> None:
         if self._pending:
             _, pending = await asyncio.wait(list(self._pending), timeout=timeout)
             if pending:
                 log.error("%d settles could not be delivered before shutdown", len(pending))
-                for t in pending:
-                    t.cancel()
-        if self._session is not None:
-            await self._session.close()
+                for f in pending:
+                    f.cancel()
+        for channel in self._channels.values():
+            channel.close()
