@@ -6,6 +6,7 @@ these helpers, so a process that fails to start shows its own log in the failure
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -20,6 +21,15 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+_STARTED: list["Proc"] = []
+
+
+@atexit.register
+def _reap() -> None:
+    """A test run that dies (timeout, Ctrl-C) must not leave servers behind."""
+    for proc in _STARTED:
+        if proc.alive():
+            proc.signal(signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -48,6 +58,7 @@ class Proc:
             cwd=self.cwd or REPO, start_new_session=True,
         )
         os.close(fd)
+        _STARTED.append(self)
         return self
 
     def log(self) -> str:
