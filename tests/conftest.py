@@ -1,3 +1,4 @@
+import signal
 import sys
 from pathlib import Path
 
@@ -6,6 +7,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import start_redis  # noqa: E402
+
+# A run stopped by SIGTERM (a CI timeout) exits through atexit, which reaps the servers.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 @pytest.fixture(scope="session")
