@@ -116,3 +116,28 @@ def test_installed_gateway_validates_the_deploy_config(image, tmp_path):
     result = subprocess.run([sys.executable, str(site / "bin" / "tollgate"), "validate", "-f", str(config)],
                             capture_output=True, text=True, timeout=60, cwd=root, env=env)
     assert result.returncode != 0 and f"{config}:" in result.stdout + result.stderr
+
+
+def test_installed_gateway_serves_through_every_package(image, tmp_path):
+    # The full request path imports every gateway subpackage: one left out of the
+    # wheel (a folder without __init__.py) fails here, not in production.
+    site, lua_dir, root = image
+    mock_port, port, admin = free_port(), free_port(), free_port()
+    mock = installed(site, "tollgate-mock-llm", "--port", str(mock_port), lua_dir=lua_dir, cwd=root)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"llm:\n  port: {port}\n  policies:\n    apiKey:\n      keys: [{{key: sk-image}}]\n"
+        f"  models:\n  - name: '*'\n    provider: openAI\n"
+        f"    params: {{apiKey: k, baseUrl: 'http://127.0.0.1:{mock_port}'}}\n"
+        f"config:\n  adminAddr: 127.0.0.1:{admin}\n")
+    gateway = installed(site, "tollgate", "-f", str(config), lua_dir=lua_dir, cwd=root)
+    try:
+        mock.wait_port(mock_port)
+        gateway.wait_http(f"http://127.0.0.1:{admin}/healthz/ready")
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+                           headers={"Authorization": "Bearer sk-image"},
+                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200, reply.text
+    finally:
+        gateway.stop()
+        mock.stop()

@@ -1,0 +1,1 @@
+"""Rate-limit policies: one file each, as agentgateway keeps them."""
