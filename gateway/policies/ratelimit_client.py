@@ -10,9 +10,10 @@ path and retried until they land or the process exits.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
+
+import orjson
 
 from gateway.config.runtime import RemotePolicy
 from gateway.policies.http1 import HTTPError, Pool
@@ -96,9 +97,9 @@ class Channel:
     async def _request(self, path: str, payload: dict, timeout: float) -> tuple[int, dict]:
         try:
             async with asyncio.timeout(timeout):
-                status, body = await self._pool.post(path, json.dumps(payload).encode())
-            return status, json.loads(body)
-        except (HTTPError, asyncio.TimeoutError, ValueError) as e:
+                status, body = await self._pool.post(path, orjson.dumps(payload))
+            return status, orjson.loads(body)
+        except (HTTPError, asyncio.TimeoutError, orjson.JSONDecodeError) as e:
             raise RemoteUnavailable(f"rate-limit service {self.host}: {e or type(e).__name__}") from e
 
     def close(self) -> None:
