@@ -1,6 +1,6 @@
 """Gateway throughput and latency against baselines measured in the same run.
 
-    python bench/gateway_bench.py [--seconds 8] [--distributed]
+    python bench/gateway_bench.py [--seconds 5] [--rounds 3] [--distributed]
 
 Rows: the mock upstream called directly; a bare FastAPI passthrough (bench/passthrough.py)
 to the same mock; Tollgate with key auth + a local token bucket + metrics; and with
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,9 +73,37 @@ def start_ratelimit(workdir: Path) -> tuple[list[Proc], str]:
     return [svc, redis], f"127.0.0.1:{port}"
 
 
+def measure(targets: dict[str, str], headers: dict[str, str], conns: int, seconds: float,
+            rounds: int) -> dict[str, list[wrk.Result]]:
+    """Each round runs every target once, in rotated order, so drift hits them alike."""
+    results: dict[str, list[wrk.Result]] = {name: [] for name in targets}
+    names = list(targets)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            results[name].append(wrk.run(f"{targets[name]}/v1/chat/completions", BODY, headers, conns,
+                                         seconds, bearer_keys=KEYS))
+    return results
+
+
+def report(conns: int, results: dict[str, list[wrk.Result]]) -> None:
+    base = results["bare FastAPI passthrough"]
+    print(f"\nconcurrency {conns}: median of {len(base)} rounds")
+    for name, runs in results.items():
+        print(wrk.median(runs).row(name))
+    for name, runs in results.items():
+        if not name.startswith("tollgate"):
+            continue
+        ratio = statistics.median(r.rps / b.rps for r, b in zip(runs, base))
+        added = statistics.median(r.p50_ms - b.p50_ms for r, b in zip(runs, base))
+        direct = statistics.median(r.rps / m.rps for r, m in zip(runs, results["mock direct"]))
+        print(f"{name}: {ratio:.0%} of passthrough throughput, p50 {added:+.2f} ms vs passthrough, "
+              f"{direct:.0%} of the direct mock (medians of per-round ratios)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--distributed", action="store_true")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
@@ -92,27 +122,24 @@ def main() -> None:
             "bare FastAPI passthrough": f"http://127.0.0.1:{pt_port}",
             "tollgate (local)": gw.url,
         }
+        gateways = {"tollgate (local)": gw}
         if args.distributed:
             rl_procs, rl_host = start_ratelimit(workdir)
             procs.extend(rl_procs)
             dist = start_tollgate(workdir, mock_url, rl_host)
             procs.append(dist.proc)
             targets["tollgate (distributed)"] = dist.url
+            gateways["tollgate (distributed)"] = dist
         headers = {"Content-Type": "application/json"}
+        for url in targets.values():  # warm-up: connections, caches, first-call imports
+            wrk.run(f"{url}/v1/chat/completions", BODY, headers, 8, 1, bearer_keys=KEYS)
         for conns in (8, 1):
-            print(f"\nconcurrency {conns}, {args.seconds:g}s each")
-            results = {}
-            for name, url in targets.items():
-                wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, 1, bearer_keys=KEYS)  # warm-up
-                results[name] = wrk.run(f"{url}/v1/chat/completions", BODY, headers, conns, args.seconds,
-                                        bearer_keys=KEYS)
-                print(results[name].row(name))
-            base = results["bare FastAPI passthrough"]
-            for name, r in results.items():
-                if name.startswith("tollgate"):
-                    print(f"{name}: {r.rps / base.rps:.0%} of passthrough throughput, "
-                          f"p50 +{r.p50_ms - base.p50_ms:.2f} ms vs passthrough, "
-                          f"{r.rps / results['mock direct'].rps:.0%} of the direct mock")
+            report(conns, measure(targets, headers, conns, args.seconds, args.rounds))
+        for name, gw in gateways.items():
+            refused = [line for line in httpx.get(f"{gw.admin}/metrics").text.splitlines()
+                       if line.startswith("tollgate_requests_total") and 'status="200"' not in line]
+            if refused:
+                print(f"{name}: answers other than 200:", *refused, sep="\n  ")
     finally:
         for p in reversed(procs):
             p.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,11 @@ class Result:
 
     def row(self, name: str) -> str:
         return f"{name:<28} {self.rps:>9.0f} rps   p50 {self.p50_ms:6.2f} ms   p99 {self.p99_ms:7.2f} ms   errors {self.errors}"
+
+
+def median(results: list[Result]) -> Result:
+    return Result(statistics.median(r.rps for r in results), statistics.median(r.p50_ms for r in results),
+                  statistics.median(r.p99_ms for r in results), sum(r.errors for r in results))
 
 
 def _ms(value: str, unit: str) -> float:
@@ -72,4 +79,7 @@ def run(url: str, body: str, headers: dict[str, str], connections: int, seconds:
             capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     finally:
         script.unlink()
-    return parse(out)
+    result = parse(out)
+    if result.errors:
+        print(f"wrk reported errors against {url}:\n{out}", file=sys.stderr)
+    return result

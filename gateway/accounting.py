@@ -138,6 +138,7 @@ class Accounting:
             if policy.failure_mode == "failOpen":
                 log.warning("serving without the global budget (failOpen): %s", e)
                 return
+            log.warning("refusing (failClosed): %s", e)
             raise
         if not ok:
             tripped = [(d, s) for d, s in zip(descriptors, statuses) if s.code == "OVER_LIMIT"]

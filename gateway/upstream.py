@@ -8,6 +8,7 @@ that the app maps to 502 and 504.
 from __future__ import annotations
 
 import asyncio
+import functools
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -63,15 +64,19 @@ class Upstream:
             await self._session.close()
             self._session = None
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _timeout(limit: float) -> aiohttp.ClientTimeout:
+        # sock_read bounds every wait for bytes, so a stalled stream also ends in a timeout.
+        return aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10.0), sock_read=limit)
+
     async def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float | None) -> aiohttp.ClientResponse:
         """POSTs and returns once the response headers arrived; the caller reads the body."""
         limit = timeout or DEFAULT_TIMEOUT
-        # sock_read bounds every wait for bytes, so a stalled stream also ends in a timeout.
-        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10.0), sock_read=limit)
         try:
-            return await asyncio.wait_for(
-                self._session.post(url, data=body, headers=headers, timeout=client_timeout), limit
-            )
+            # asyncio.timeout, not wait_for: no extra task per request.
+            async with asyncio.timeout(limit):
+                return await self._session.post(url, data=body, headers=headers, timeout=self._timeout(limit))
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
             raise UpstreamTimeout(f"upstream {redacted(url)} did not answer within {limit:g}s") from e
         except aiohttp.ClientError as e:

@@ -9,10 +9,15 @@ Content-Length body costs a fraction of that, and these calls happen on every re
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 class HTTPError(Exception):
     """The connection failed or the peer did not speak the HTTP we expect."""
+
+
+# Servers close idle kept-alive connections (uvicorn after 5 s): drop ours before that.
+IDLE_LIMIT = 4.0
 
 
 class Connection:
@@ -21,6 +26,8 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._head = b""
+        self.used = 0  # requests answered on this connection
+        self.idle_since = 0.0
 
     async def _open(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -43,7 +50,9 @@ class Connection:
                 await self._open()
             self._writer.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
                                % (path.encode(), self._head, len(body), body))
-            return await self._read_response()
+            response = await self._read_response()
+            self.used += 1
+            return response
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
             self.close()
             raise HTTPError(f"{type(e).__name__}: {e}") from e
@@ -96,10 +105,28 @@ class Pool:
         self.host, self.port = host, port
         self._idle: list[Connection] = []
 
+    def _take(self) -> Connection:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if now - conn.idle_since < IDLE_LIMIT:
+                return conn
+            conn.close()
+        return Connection(self.host, self.port)
+
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else Connection(self.host, self.port)
-        status, data = await conn.post(path, body)
+        conn = self._take()
+        try:
+            status, data = await conn.post(path, body)
+        except HTTPError:
+            if not conn.used:
+                raise
+            # The peer closed a reused connection (the keep-alive race): the request
+            # was not taken, so it goes once more on a fresh connection.
+            conn = Connection(self.host, self.port)
+            status, data = await conn.post(path, body)
         if conn.open:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         return status, data
 

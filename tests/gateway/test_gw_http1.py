@@ -68,3 +68,19 @@ async def test_refused_connection_is_an_http_error():
     await server.wait_closed()
     with pytest.raises(HTTPError):
         await Pool("127.0.0.1", port).post("/x", b"{}")
+
+
+async def test_a_reused_connection_closed_by_the_peer_is_retried_once_on_a_fresh_one():
+    # The peer answers once, then closes the idle connection without answering the
+    # next request (uvicorn's keep-alive timeout racing our reuse).
+    server, port, seen = await serve([
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+        b"DROP",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n{\"a\"",
+    ])
+    pool = Pool("127.0.0.1", port)
+    assert await pool.post("/x", b"{}") == (200, b"{}")
+    assert await pool.post("/x", b"{}") == (200, b'{"a"')
+    assert seen["connections"] == 2
+    pool.close()
+    server.close()
