@@ -99,7 +99,7 @@ class Handler:
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
-        path = request.url.path
+        path = request.scope["path"]
         route = self.gw.route(self.port, path)
         target = (route.policies.url_rewrite if route else None) or path
         kind = endpoint(request.method, target)
@@ -173,7 +173,7 @@ class Handler:
             base = {"requestModel": req.model}
 
             def activation(llm: dict | None):
-                return build_activation(meta, request.method, request.url.path, request.headers,
+                return build_activation(meta, request.method, request.scope["path"], request.headers,
                                         {**base, **llm} if llm else base)
 
         return Demand(

@@ -43,7 +43,7 @@ def metric_fields(handler: "Handler", call: "Call") -> dict[str, str]:
     request = call.request
     activation = build_activation(
         call.identity.metadata if call.identity else None,
-        request.method, request.url.path, request.headers, {"requestModel": call.req.model})
+        request.method, request.scope["path"], request.headers, {"requestModel": call.req.model})
     out = {}
     for label, expr in fields.items():
         try:
