@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from deploy_files import (
-    interpolate,
     COMPOSE, DEPLOY, DOCKERFILE, REPO, compose, dockerfile_copies, dockerfile_env,
     dockerfile_instructions, healthcheck_command, image_file, interpolate, load_yaml, service,
     service_environment, service_volumes,
