@@ -68,8 +68,7 @@ class RemoteHold:
 class Admission:
     """What one admitted request holds until it settles."""
 
-    local: list[tuple[TokenBucket, int]] = field(default_factory=list)
-    buckets: list[TokenBucket] = field(default_factory=list)
+    local: list[tuple[TokenBucket, int]] = field(default_factory=list)  # every bucket, with its reservation
     remote: RemoteHold | None = None
     max_tokens: int | None = None  # set by hard budgets when the client gave none
     activation: Callable[[dict | None], object] | None = None
@@ -77,7 +76,7 @@ class Admission:
 
     def headers(self) -> dict[str, str]:
         remaining = []
-        tightest = LocalLimiter.tightest(self.buckets)
+        tightest = LocalLimiter.tightest([bucket for bucket, _ in self.local])
         if tightest:
             remaining.append(tightest.remaining)
         if self.remote:
@@ -114,7 +113,7 @@ class Accounting:
         refusal, charges = self.local.reserve(buckets, demand.estimate)
         if refusal is not None:
             raise BudgetExceeded(refusal)
-        admission = Admission(local=charges, buckets=buckets, activation=demand.activation)
+        admission = Admission(local=charges, activation=demand.activation)
         if route.policies.remote_rate_limit:
             try:
                 await self._admit_remote(route, demand, admission)
