@@ -111,7 +111,7 @@ class Handler:
             call.identity = self.authenticate(route, request)
             if kind == "models":
                 return self.done(call, models_list(route, call.identity), "ok")
-            return await self.forward(call, request)
+            return await self.forward(call)
         except GatewayError as e:
             return self.fail(started, dialect, e)
         except BudgetExceeded as e:
@@ -131,8 +131,8 @@ class Handler:
         except AuthError as e:
             raise GatewayError(401, "unauthorized", str(e)) from e
 
-    async def forward(self, call: Call, request: Request) -> Response:
-        gw, route = self.gw, call.route
+    async def forward(self, call: Call) -> Response:
+        gw, route, request = self.gw, call.route, call.request
         try:
             raw = await read_body(request, gw.config.max_body_bytes)
         except ClientDisconnect:
@@ -145,7 +145,7 @@ class Handler:
         model = req.model or backend.model or backend.name
         if call.identity is not None and not call.identity.allows(model):
             raise GatewayError(403, "model_not_allowed", f"model {model!r} is not allowed for this API key")
-        call.admission = await gw.accounting.admit(route, self.demand(call, request))
+        call.admission = await gw.accounting.admit(route, self.demand(call))
         try:
             upstream_call = build_upstream(
                 req, backend.provider, backend.model, backend.api_key or route.policies.backend_auth,
@@ -164,8 +164,8 @@ class Handler:
         return await relay(self, call, resp)
 
     @staticmethod
-    def demand(call: Call, request: Request) -> Demand:
-        req = call.req
+    def demand(call: Call) -> Demand:
+        req, request = call.req, call.request
         remote = bool(call.route.policies.remote_rate_limit)
         activation = None
         if remote:
