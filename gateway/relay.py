@@ -13,11 +13,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, AsyncIterator
 
-import aiohttp
 from starlette.responses import Response, StreamingResponse
 
 from gateway.cel import CelError, build_activation
 from gateway.errors import GatewayError
+from gateway.http1 import HTTPError, Response as UpstreamResponse
 from gateway.llm import ResponseAdapter, Usage, response_adapter, translate_error
 from gateway.metrics import Spend
 
@@ -77,7 +77,7 @@ def settle(handler: "Handler", call: "Call", usage: Usage) -> None:
     handler.gw.metrics.spend(spend_of(handler, call, usage))
 
 
-async def relay(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) -> Response:
+async def relay(handler: "Handler", call: "Call", resp: UpstreamResponse) -> Response:
     adapter = response_adapter(call.req, call.backend.provider)
     if resp.status >= 300:
         return await relay_error(handler, call, resp)
@@ -88,9 +88,9 @@ async def relay(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) 
                                  headers={"cache-control": "no-cache", **headers})
     try:
         raw = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (HTTPError, TimeoutError) as e:
         handler.gw.accounting.settle(call.admission, None)
-        status = 504 if isinstance(e, asyncio.TimeoutError) else 502
+        status = 504 if isinstance(e, TimeoutError) else 502
         raise GatewayError(status, "upstream_broken", f"upstream response failed: {type(e).__name__}") from e
     finally:
         resp.release()
@@ -101,7 +101,7 @@ async def relay(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) 
     return handler.done(call, response, "ok")
 
 
-async def relay_error(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse) -> Response:
+async def relay_error(handler: "Handler", call: "Call", resp: UpstreamResponse) -> Response:
     """An upstream error is passed on in the client's dialect and charged nothing.
 
     A 401/403 from the provider is about the gateway's upstream key, not the client's
@@ -110,6 +110,8 @@ async def relay_error(handler: "Handler", call: "Call", resp: aiohttp.ClientResp
     """
     try:
         raw = await resp.read()
+    except (HTTPError, TimeoutError):
+        raw = b""  # the status alone is passed on
     finally:
         resp.release()
     handler.gw.accounting.settle(call.admission, None)
@@ -121,11 +123,11 @@ async def relay_error(handler: "Handler", call: "Call", resp: aiohttp.ClientResp
                         "upstream_error")
 
 
-async def stream(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
+async def stream(handler: "Handler", call: "Call", resp: UpstreamResponse,
                  adapter: ResponseAdapter) -> AsyncIterator[bytes]:
     completed = False
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             out = adapter.feed(chunk)
             if adapter.usage_known:
                 settle(handler, call, adapter.usage)
@@ -135,7 +137,7 @@ async def stream(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
         if tail:
             yield tail
         completed = True
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (HTTPError, TimeoutError) as e:
         log.warning("upstream stream broke: %s", type(e).__name__)
         completed = True  # nothing more will come; charge what was reported
     finally:
@@ -147,16 +149,16 @@ async def stream(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
             handler.gw.spawn(drain(handler, call, resp, adapter))
 
 
-async def drain(handler: "Handler", call: "Call", resp: aiohttp.ClientResponse,
+async def drain(handler: "Handler", call: "Call", resp: UpstreamResponse,
                 adapter: ResponseAdapter) -> None:
     """Reads an abandoned stream to its end so its usage is still charged."""
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT):
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 adapter.feed(chunk)
                 if adapter.usage_known:
                     break
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (HTTPError, TimeoutError):
         pass
     finally:
         resp.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.config.runtime import RemotePolicy
-from gateway.policies.http1 import HTTPError, Pool
+from gateway.http1 import HTTPError, Pool
 from gateway.policies.remote_ratelimit import Status, parse_status
 
 log = logging.getLogger("tollgate.remote")
@@ -25,6 +25,9 @@ MAX_IN_FLIGHT = 2  # HTTP calls on the wire per service host; more calls wait an
 MAX_BATCH = 1000  # the service's /v1/batch limit
 SETTLE_TIMEOUT = 5.0  # off the critical path: long enough that a retry is rarely a repeat
 SETTLE_BACKOFF_MAX = 5.0  # seconds between retries of a settle the service did not take
+
+
+JSON_HEADERS = b"Content-Type: application/json\r\nAccept: application/json\r\n"
 
 
 class RemoteUnavailable(Exception):
@@ -97,7 +100,7 @@ class Channel:
     async def _request(self, path: str, payload: dict, timeout: float) -> tuple[int, dict]:
         try:
             async with asyncio.timeout(timeout):
-                status, body = await self._pool.post(path, orjson.dumps(payload))
+                status, body = await self._pool.post(path, orjson.dumps(payload), JSON_HEADERS)
             return status, orjson.loads(body)
         except (HTTPError, asyncio.TimeoutError, orjson.JSONDecodeError) as e:
             raise RemoteUnavailable(f"rate-limit service {self.host}: {e or type(e).__name__}") from e
