@@ -3,23 +3,20 @@
 A busy gateway replica sends the decisions that queued up while its previous
 call was on the wire as one batch. Each item is a single call's body plus its
 `op`, and is answered exactly as /v1/reserve or /v1/settle would answer it
-(status and body), independently of the others. The items run concurrently on
-the event loop, so their Lua calls leave in one pipelined write to Redis rather
-than one round trip per item.
+(status and body), independently of the others. All the items that need Redis
+go to it in one script call, which decides them one after the other, each
+atomic on its own; a request that fails in Redis fails alone (its own 500).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Awaitable, Callable
-
-from ratelimit_service.protocol import RESERVE, SETTLE, BadRequest, decode
+from ratelimit_service.limiter import LimiterError
+from ratelimit_service.protocol import RESERVE, SETTLE, BadRequest, decode, parse_document
+from ratelimit_service.service import NO_DECISION, Plan, Service, unavailable
 
 MAX_ITEMS = 1000
 MAX_BATCH_BODY = 8 << 20  # room for MAX_ITEMS items of several descriptors each
 OPS = {"reserve": RESERVE, "settle": SETTLE}
-
-Answer = Callable[[str, object], Awaitable[tuple[int, dict]]]
 
 
 def parse_batch(raw: bytes) -> list[tuple[str, dict]]:
@@ -51,7 +48,36 @@ def parse_batch(raw: bytes) -> list[tuple[str, dict]]:
     return parsed
 
 
-async def run_batch(answer: Answer, items: list[tuple[str, dict]]) -> dict:
+async def run_batch(service: Service, items: list[tuple[str, dict]]) -> dict:
     """`{"items": [{"status", "body"}, ...]}` in the order of the items."""
-    results = await asyncio.gather(*(answer(api, doc) for api, doc in items))
-    return {"items": [{"status": status, "body": body} for status, body in results]}
+    answers: list[dict | None] = [None] * len(items)
+    waiting: list[tuple[int, Plan]] = []  # the items Redis decides
+    for i, (api, doc) in enumerate(items):
+        try:
+            plan = service.plan(api, parse_document(doc, api))
+        except BadRequest as e:
+            answers[i] = {"status": 400, "body": {"error": str(e)}}
+            continue
+        if plan.checks:
+            waiting.append((i, plan))
+        else:
+            answers[i] = _answer(service.finish(plan, NO_DECISION))
+    if waiting:
+        try:
+            decisions = await service.limiter.decide_many([(plan.api, plan.checks) for _, plan in waiting])
+        except LimiterError as e:
+            decisions = [e] * len(waiting)
+        failed = [d for d in decisions if type(d) is LimiterError]
+        if failed:
+            # Counted per request, logged once per batch; Redis may fail a whole batch at once.
+            service.count_failures(failed[0], len(failed))
+        for (i, plan), decision in zip(waiting, decisions):
+            if type(decision) is LimiterError:
+                answers[i] = {"status": 500, "body": unavailable(decision)}
+            else:
+                answers[i] = _answer(service.finish(plan, decision))
+    return {"items": answers}
+
+
+def _answer(reply: tuple[int, dict]) -> dict:
+    return {"status": reply[0], "body": reply[1]}

@@ -133,6 +133,9 @@ class RateLimitConfig:
 
     domains: dict[str, Node] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    # What the service derived from lookups in this config (service.py); it goes
+    # with the config when a reload replaces it.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def find(self, domain: str, entries: tuple[tuple[str, str], ...]) -> Match | None:
         root = self.domains.get(domain)

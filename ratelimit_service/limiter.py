@@ -1,4 +1,5 @@
-"""The Lua bridge: one atomic script call per request, over all its buckets.
+"""The Lua bridge: one atomic script call per request, over all its buckets, or
+one call for a batch of requests, each still atomic on its own.
 
 The script is composed at load time from the files in lua/ (one per algorithm,
 then the driver ratelimit.lua) and run with EVALSHA; when Redis answers
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError
+from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
 
 LUA_DIR = Path(os.environ.get("TOLLGATE_LUA_DIR") or Path(__file__).resolve().parent.parent / "lua")
 SCRIPT_FILES = ("token_bucket.lua", "fixed_window.lua", "ratelimit.lua")
@@ -44,6 +45,10 @@ def bucket_key(domain: str, algorithm: str, entries: tuple[tuple[str, str], ...]
     return f"{KEY_PREFIX}:{algorithm}:{_escape(domain)}:{body}"
 
 
+# A bucket's key and its (algorithm, capacity, period), encoded as the script call carries them.
+Parts = tuple[bytes, tuple[bytes, bytes, bytes]]
+
+
 @dataclass(slots=True)
 class Check:
     """One bucket to decide on. max_hits >= 0 makes it elastic (reserve only)."""
@@ -55,6 +60,23 @@ class Check:
     hits: int
     max_hits: int = -1
     shadow: bool = False
+    # encoded_parts() of the fields above, when the caller keeps them across requests.
+    parts: Parts | None = None
+
+
+def encoded_parts(key: str, algorithm: str, capacity: int, period: int) -> Parts:
+    """What a caller can encode once per bucket rather than once per request."""
+    return bulk(key), (bulk(algorithm), bulk(capacity), bulk(period))
+
+
+_SMALL = {n: bulk(n) for n in range(-1, 1024)}  # most hits and counts: encoded once
+_SHADOW = {True: bulk("1"), False: bulk("0")}
+_BATCH = bulk("batch")
+_MODES = {mode: bulk(mode) for mode in ("json", "reserve", "settle")}
+
+
+def _int(n: int) -> bytes:
+    return _SMALL.get(n) or bulk(n)
 
 
 @dataclass(slots=True)
@@ -71,6 +93,8 @@ class LimiterError(Exception):
 
 class Backend(Protocol):
     async def call(self, *args: Any) -> Any: ...
+
+    async def send(self, command: bytes) -> Any: ...
 
     async def close(self) -> None: ...
 
@@ -92,6 +116,10 @@ class MemoryBackend:
             prefix = "NOSCRIPT " if type(e).__name__ == "NoScriptError" else ""
             raise RespError(f"{prefix}{e}") from None
 
+    async def send(self, command: bytes) -> Any:
+        args, _ = parse(bytearray(command), 0)
+        return await self.call(*args)
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -100,32 +128,97 @@ def connect(url: str) -> Backend:
     return MemoryBackend() if url.startswith("memory:") else PipelinedRedis(url)
 
 
+Decision = tuple[int, list[Outcome]]  # (elastic grant or -1, one outcome per check)
+
+
 class Limiter:
     def __init__(self, backend: Backend, script: str | None = None):
         self.backend = backend
         self.script = script if script is not None else load_script()
         self.sha = hashlib.sha1(self.script.encode()).hexdigest()
+        self._evalsha = bulk("EVALSHA") + bulk(self.sha)
+        self._eval = bulk("EVAL") + bulk(self.script)
 
-    async def decide(self, mode: str, checks: list[Check]) -> tuple[int, list[Outcome]]:
-        """Runs the script; returns (elastic grant or -1, one outcome per check)."""
-        args: list[Any] = [len(checks)]
-        args.extend(c.key for c in checks)
-        args.append(mode)
-        for c in checks:
-            args += (c.algorithm, c.capacity, c.period, c.hits, c.max_hits, "1" if c.shadow else "0")
+    async def decide(self, mode: str, checks: list[Check]) -> Decision:
+        """Runs the script for one request."""
+        keys: list[bytes] = []
+        fields = [_MODES[mode]]
+        _add(checks, keys, fields)
+        return _decision(await self._run(keys, fields))
+
+    async def decide_many(self, requests: list[tuple[str, list[Check]]]) -> list[Decision | LimiterError]:
+        """Runs the script once for many requests, decided in order, each atomic on its own.
+
+        A request whose decision raised in Redis gets its LimiterError in its place
+        (it wrote nothing); raises LimiterError when the call as a whole failed.
+        """
+        if not requests:
+            return []
+        keys: list[bytes] = []
+        fields = [_BATCH]
+        for mode, checks in requests:
+            fields += (_MODES[mode], _int(len(checks)))
+            _add(checks, keys, fields)
+        reply = await self._run(keys, fields)
+        lines = reply.split(b"\n") if type(reply) is bytes else None
+        if lines is None or len(lines) != len(requests):
+            # Never guess which request an answer belongs to.
+            raise LimiterError(f"the batch script answered {_shape(lines or reply)} for {len(requests)} requests")
+        return [_failure(line) if line[:1] == b"!" else _decision(_numbers(line)) for line in lines]
+
+    async def _run(self, keys: list[bytes], fields: list[bytes]) -> Any:
+        """EVALSHA, or EVAL when Redis has lost the script (restart, SCRIPT FLUSH)."""
+        args = b"*%d\r\n" % (3 + len(keys) + len(fields))
+        body = b"".join((_int(len(keys)), *keys, *fields))
         try:
             try:
-                reply = await self.backend.call("EVALSHA", self.sha, *args)
+                return await self.backend.send(args + self._evalsha + body)
             except RespError as e:
                 if not str(e).startswith("NOSCRIPT"):
                     raise
-                reply = await self.backend.call("EVAL", self.script, *args)
+                return await self.backend.send(args + self._eval + body)
         except (RespError, RedisUnavailable) as e:
             raise LimiterError(str(e)) from None
-        return reply[0], [
-            Outcome(reply[i] == 2, reply[i + 1], reply[i + 2], reply[i + 3])
-            for i in range(1, len(reply), 4)
-        ]
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+def _add(checks: list[Check], keys: list[bytes], fields: list[bytes]) -> None:
+    """The checks' keys and their six fields each, encoded."""
+    for c in checks:
+        key, limit = c.parts or encoded_parts(c.key, c.algorithm, c.capacity, c.period)
+        keys.append(key)
+        fields += (*limit, _int(c.hits), _int(c.max_hits), _SHADOW[bool(c.shadow)])
+
+
+def _decision(reply: list) -> Decision:
+    return reply[0], [
+        Outcome(reply[i] == 2, reply[i + 1], reply[i + 2], reply[i + 3])
+        for i in range(1, len(reply), 4)
+    ]
+
+
+def _numbers(line: bytes) -> list[int]:
+    try:
+        return list(map(int, line.split()))
+    except ValueError:
+        return [_whole(word) for word in line.split()]
+
+
+def _whole(word: bytes) -> int:
+    """A number the script printed in exponent form, as Redis's own integer reply would convert it."""
+    try:
+        return int(word)
+    except ValueError:
+        value = float(word)
+    return int(value) if -2.0**63 <= value < 2.0**63 else -(2**63)  # nan and overflow: the C cast's result
+
+
+def _failure(line: bytes) -> LimiterError:
+    """A request the script could not decide: its error's text."""
+    return LimiterError(line[1:].decode(errors="replace"))
+
+
+def _shape(reply: Any) -> str:
+    return f"{len(reply)} replies" if type(reply) is list else repr(reply)[:80]

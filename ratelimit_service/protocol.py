@@ -27,6 +27,9 @@ _REQUEST_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend
 _DESCRIPTOR_FIELDS = frozenset({"entries", "limit", "hits_addend", "hitsAddend"})
 _ELASTIC_FIELDS = _DESCRIPTOR_FIELDS | {"max_hits", "maxHits"}
 _ENTRY_FIELDS = frozenset({"key", "value"})
+_PLAIN_REQUEST = frozenset({"domain", "descriptors", "hits_addend"})
+_PLAIN_DESCRIPTOR = frozenset({"entries", "hits_addend"})
+_PLAIN_ELASTIC = _PLAIN_DESCRIPTOR | {"max_hits"}
 _LIMIT_FIELDS = frozenset({"requests_per_unit", "requestsPerUnit", "unit"})
 _UNIT_NAMES = {number: name for name, number in UNIT_NUMBERS.items()}
 
@@ -59,6 +62,52 @@ def decode(body: bytes):
 
 def parse_document(doc, api: str) -> Request:
     """A decoded request body: the single calls' bodies and the batch's items alike."""
+    return _plain(doc, api) or _checked(doc, api)
+
+
+def _plain(doc, api: str) -> Request | None:
+    """The request if it has the shape clients send (proto field names, integers as
+    JSON numbers, entries with both key and value), else None. Gives exactly what
+    _checked would, much faster; everything else is left to _checked and its messages.
+    """
+    if type(doc) is not dict or not doc.keys() <= _PLAIN_REQUEST or type(domain := doc.get("domain")) is not str:
+        return None
+    signed = api == SETTLE
+    hits = doc.get("hits_addend")
+    if hits is not None and not _plain_int(hits, MAX_UINT32, signed):
+        return None
+    items = doc.get("descriptors")
+    if type(items) is not list or not items or not domain:
+        return None
+    allowed = _PLAIN_ELASTIC if api == RESERVE else _PLAIN_DESCRIPTOR
+    descriptors = []
+    for item in items:
+        if type(item) is not dict or not item.keys() <= allowed or type(raw_entries := item.get("entries")) is not list:
+            return None
+        entries = []
+        for entry in raw_entries:
+            if type(entry) is not dict or len(entry) != 2 or not entry.keys() <= _ENTRY_FIELDS:
+                return None
+            key, value = entry["key"], entry["value"]
+            if type(key) is not str or type(value) is not str:
+                return None
+            entries.append((key, value))
+        d_hits = item.get("hits_addend")
+        max_hits = item.get("max_hits")
+        if d_hits is not None and not _plain_int(d_hits, MAX_UINT64, signed):
+            return None
+        if max_hits is not None and not _plain_int(max_hits, MAX_INT64, False):
+            return None
+        descriptors.append(Descriptor(tuple(entries), d_hits, None, max_hits))
+    return Request(domain, descriptors, hits or 1)
+
+
+def _plain_int(value, largest: int, signed: bool) -> bool:
+    return type(value) is int and (-largest if signed else 0) <= value <= largest
+
+
+def _checked(doc, api: str) -> Request:
+    """Any request, with protojson's every rule, and the message naming what is wrong."""
     if type(doc) is not dict:
         raise BadRequest("the request must be a JSON object")
     _check_fields(doc, _REQUEST_FIELDS, "")

@@ -26,15 +26,17 @@ class RedisUnavailable(Exception):
     """No connection, a dropped connection, or no reply in time."""
 
 
+def bulk(arg: str | int | bytes) -> bytes:
+    """One argument of a command, encoded."""
+    if isinstance(arg, str):
+        arg = arg.encode()
+    elif isinstance(arg, int):
+        arg = b"%d" % arg
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
 def encode(args: tuple) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+    return b"*%d\r\n%s" % (len(args), b"".join(map(bulk, args)))
 
 
 class _Incomplete(Exception):
@@ -166,10 +168,14 @@ class PipelinedRedis:
         self._failure: str | None = None  # why the latest attempt failed
 
     async def call(self, *args) -> Reply:
+        return await self.send(encode(args))
+
+    async def send(self, command: bytes) -> Reply:
+        """A command already encoded (the hot path builds most of it from cached parts)."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        return await conn.call(encode(args))
+        return await conn.call(command)
 
     async def _connect(self) -> _Connection:
         attempt = self._attempts

@@ -20,7 +20,7 @@ from ratelimit_service.batch import MAX_BATCH_BODY, parse_batch, run_batch
 from ratelimit_service.limiter import LimiterError
 from ratelimit_service.protocol import JSON, RESERVE, SETTLE, BadRequest, decode, error_body, parse_document, render
 from ratelimit_service.reload import Reloader
-from ratelimit_service.service import Service
+from ratelimit_service.service import Service, unavailable
 from ratelimit_service.stats import CONTENT_TYPE, Stats
 
 log = logging.getLogger("tollgate.ratelimit")
@@ -93,7 +93,7 @@ class DecisionApp:
         return status, render(body)
 
     async def _batch(self, raw: bytes) -> tuple[int, bytes]:
-        return 200, render(await run_batch(self._answer, parse_batch(raw)))
+        return 200, render(await run_batch(self.service, parse_batch(raw)))
 
     async def _answer(self, api: str, doc) -> tuple[int, dict]:
         """What a single decision call answers to this decoded body: (status, body)."""
@@ -102,9 +102,8 @@ class DecisionApp:
         except BadRequest as e:
             return 400, {"error": str(e)}
         except LimiterError as e:
-            self.stats.redis_errors += 1
-            log.warning("redis error: %s", e)
-            return 500, {"error": f"rate limit store unavailable: {e}"}
+            self.service.count_failures(e)
+            return 500, unavailable(e)
 
     async def _reply(self, send, path: str, status: int, body: bytes, extra: list | None = None) -> None:
         self.stats.requests[(path, str(status))] += 1

@@ -144,6 +144,10 @@ def scenario() -> list[dict]:
         item("settle", {**u, "hits_addend": 1}, domain=""),
         item("reserve", {**u, "hits_addend": -1}),
         item("settle", descriptor(("plan", "unlimited"))),
+        item("settle", {**u, "hits_addend": 5}, domain="nowhere"),
+        item("settle", {**t, "hits_addend": 400}),  # into debt: OVER_LIMIT in the status, still 200
+        item("reserve", {**t, "hits_addend": 0}),  # a check in debt
+        item("reserve", {**u, "hits_addend": 3}, {**t, "hits_addend": 0}, {**m, "hits_addend": 0}),
     ]
 
 
@@ -164,7 +168,8 @@ def test_each_item_answers_exactly_as_its_single_call(service):
         r = httpx.post(f"{service}/v1/{op}", json=body, timeout=5)
         singles.append((r.status_code, r.json()))
     batched = answers(batch(service, *batch_items))
-    assert [s for s, _ in singles] == [200, 200, 429, 200, 200, 200, 200, 200, 429, 400, 400, 200]
+    assert [s for s, _ in singles] == [200, 200, 429, 200, 200, 200, 200, 200, 429, 400, 400, 200, 200, 200, 429, 429]
+    assert singles[13][1]["statuses"][0]["code"] == "OVER_LIMIT"
     for (status, text, durations), (want_status, want_text, want_durations) in zip(
         map(lambda a: normalized(*a), batched), map(lambda a: normalized(*a), singles), strict=True,
     ):

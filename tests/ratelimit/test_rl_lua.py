@@ -218,3 +218,57 @@ async def test_memory_backend_runs_the_same_script():
         assert (await one(lim, SETTLE, tb("k", 3, YEAR, -2))).remaining == 1  # 4 charged, 2 refunded
     finally:
         await lim.close()
+
+
+# Batches: many requests in one script call (mode 'batch').
+
+
+async def test_decide_many_answers_as_decide_one_after_the_other(limiter):
+    a, b = key(), key()
+    requests = [
+        (RESERVE, [Check(a, "tb", 100, 3600, 60)]),
+        (RESERVE, [Check(a, "tb", 100, 3600, 60), Check(b, "tb", 10, 3600, 1)]),  # refused: a has 40
+        (SETTLE, [Check(a, "tb", 100, 3600, -20), Check(b, "fw", 5, 3600, 9)]),
+        (RESERVE, [Check(a, "tb", 100, 3600, 10, max_hits=500), Check(b, "tb", 10, 3600, 0, shadow=True)]),
+    ]
+    together = await limiter.decide_many(requests)
+    c, d = key(), key()
+    renamed = {a: c, b: d}
+    alone = []
+    for mode, checks in requests:
+        alone.append(await limiter.decide(mode, [
+            Check(renamed[k.key], k.algorithm, k.capacity, k.period, k.hits, k.max_hits, k.shadow) for k in checks
+        ]))
+    for (granted, outcomes), (want_granted, want_outcomes) in zip(together, alone, strict=True):
+        assert granted == want_granted
+        assert [(o.over, o.remaining) for o in outcomes] == [(o.over, o.remaining) for o in want_outcomes]
+        # The buckets drain between the single calls: durations may differ by a few ms.
+        assert all(abs(o.reset_ms - w.reset_ms) < 100 for o, w in zip(outcomes, want_outcomes))
+    assert together[3][0] == 60  # the elastic grant: what the settle left
+
+
+async def test_large_numbers_come_back_exact(limiter):
+    """Numbers past 1e14 would be rounded by Lua's %.14g; the batch prints them whole."""
+    a, b = key(), key()
+    huge, capacity = 123_456_789_012_345, 4_000_000_000  # deep in debt, but draining fast
+    [(_, [batched])] = await limiter.decide_many([(SETTLE, [Check(a, "tb", capacity, 1, huge)])])
+    _, [single] = await limiter.decide(SETTLE, [Check(b, "tb", capacity, 1, huge)])
+    assert batched.remaining == single.remaining == capacity - huge
+    assert batched.reset_ms == single.reset_ms == -(-huge * 1000 // capacity)
+
+
+async def test_memory_backend_decides_batches_too():
+    lim = Limiter(MemoryBackend())
+    a = key()
+    requests = [
+        (RESERVE, [Check(a, "tb", 100, 3600, 60)]),
+        (RESERVE, [Check(a, "tb", 100, 3600, 60)]),
+        (SETTLE, [Check(a, "tb", 100, 3600, -10)]),
+    ]
+    first = await lim.decide_many(requests)
+    await lim.backend.call("SCRIPT", "FLUSH")
+    second = await lim.decide_many(requests)
+    assert [[(o.over, o.remaining) for o in outcomes] for _, outcomes in first + second] == [
+        [(False, 40)], [(True, 40)], [(False, 50)], [(True, 50)], [(True, 50)], [(False, 60)],
+    ]
+    await lim.close()
