@@ -23,7 +23,8 @@ class HTTPError(Exception):
 
 
 # Servers close idle kept-alive connections (uvicorn after 5 s). A close we see
-# drops the connection from the pool; this bounds the race with one we don't see yet.
+# drops the connection from the pool; the limit bounds the race with one we don't
+# see yet, and a reused connection dropped unanswered is retried once anyway.
 IDLE_LIMIT = 4.0
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading the socket pauses
 
@@ -235,8 +236,9 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Kept-alive connections to one origin (scheme, host, port), opened on demand."""
 
-    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-        self.host, self.port, self.tls = host, port, tls
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None,
+                 idle_limit: float = IDLE_LIMIT) -> None:
+        self.host, self.port, self.tls, self.idle_limit = host, port, tls, idle_limit
         default = 443 if tls else 80
         authority = f"[{host}]" if ":" in host else host
         self.authority = authority if port == default else f"{authority}:{port}"
@@ -249,7 +251,7 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.open and now - conn.idle_since < IDLE_LIMIT:
+            if conn.open and now - conn.idle_since < self.idle_limit:
                 return conn
             conn.close()
         return None
