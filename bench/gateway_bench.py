@@ -3,10 +3,11 @@
     python bench/gateway_bench.py [--seconds 5] [--rounds 3] [--distributed]
 
 Rows: the mock upstream called directly; a bare FastAPI passthrough (bench/passthrough.py)
-to the same mock; Tollgate with key auth + a local token bucket + metrics; and with
+to the same mock, the baseline of the ratios; a lean passthrough (plain ASGI with
+Tollgate's own HTTP client), whose ratio isolates Tollgate's policy work from its
+HTTP plumbing; Tollgate with key auth + a local token bucket + metrics; and with
 --distributed, Tollgate whose every request also reserves and settles through the
 rate-limit service and a real redis-server, for 100 users in turn (one budget each).
-Ratios are against the passthrough.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def report(conns: int, results: dict[str, list[wrk.Result]]) -> None:
         ratio = statistics.median(r.rps / b.rps for r, b in zip(runs, base))
         added = statistics.median(r.p50_ms - b.p50_ms for r, b in zip(runs, base))
         direct = statistics.median(r.rps / m.rps for r, m in zip(runs, results["mock direct"]))
+        lean = statistics.median(r.rps / m.rps for r, m in zip(runs, results["lean passthrough"]))
         print(f"{name}: {ratio:.0%} of passthrough throughput, p50 {added:+.2f} ms vs passthrough, "
-              f"{direct:.0%} of the direct mock (medians of per-round ratios)")
+              f"{lean:.0%} of the lean passthrough, {direct:.0%} of the direct mock "
+              "(medians of per-round ratios)")
 
 
 def main() -> None:
@@ -115,11 +118,16 @@ def main() -> None:
         passthrough = Proc("passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"),
                                            "--port", str(pt_port), "--upstream", mock_url]).start()
         procs.append(passthrough.wait_port(pt_port))
+        lean_port = free_port()
+        lean = Proc("lean-passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"), "--lean",
+                                         "--port", str(lean_port), "--upstream", mock_url]).start()
+        procs.append(lean.wait_port(lean_port))
         gw = start_tollgate(workdir, mock_url, None)
         procs.append(gw.proc)
         targets = {
             "mock direct": mock_url,
             "bare FastAPI passthrough": f"http://127.0.0.1:{pt_port}",
+            "lean passthrough": f"http://127.0.0.1:{lean_port}",
             "tollgate (local)": gw.url,
         }
         gateways = {"tollgate (local)": gw}

@@ -112,6 +112,15 @@ def test_dashboard_metric_names_are_exported_by_the_live_services(running):
 @pytest.mark.skipif(prometheus_binary() is None, reason="prometheus not installed (apt-get install prometheus)")
 def test_every_dashboard_query_returns_data_in_prometheus(running):
     assert running.walkthrough, "runs after the walkthrough, which produces the data"
+    # increase() cannot see a series' first value: once Prometheus holds alice's spend
+    # series, one more request per replica (nginx round-robin) gives it a second value,
+    # however fast the earlier traffic went by.
+    deadline = time.monotonic() + 10
+    while not query(running.prometheus, 'tollgate_gen_ai_client_cost_usd_total{user_id="alice"}'):
+        assert time.monotonic() < deadline, "Prometheus never scraped alice's spend"
+        time.sleep(0.2)
+    for _ in running.gateways:
+        assert chat(running.url, KEYS["alice"]).status_code == 200
     time.sleep(2.5)  # a few 1 s scrapes after the last request
     results: dict[str, list[dict]] = {}
     empty = []
