@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,17 @@ def start_service(config_dir: Path, redis_url: str, *extra: str) -> tuple[Proc, 
     base = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{base}/healthcheck")
     return proc, base
+
+
+def serving(config_dir: Path, redis_url: str, files: dict[str, str]) -> Iterator[str]:
+    """For fixtures: writes the domain files, runs the service, yields its base URL, stops it."""
+    for name, text in files.items():
+        (config_dir / name).write_text(text)
+    proc, base = start_service(config_dir, redis_url)
+    try:
+        yield base
+    finally:
+        proc.stop()
 
 
 def descriptor(*entries: tuple[str, str], **extra) -> dict:

@@ -5,7 +5,7 @@ import uuid
 
 import httpx
 import pytest
-from rl_procs import call, descriptor, metric, start_service
+from rl_procs import call, descriptor, metric, serving
 
 CONFIG = """
 domain: tokens
@@ -25,11 +25,7 @@ descriptors:
 
 @pytest.fixture(scope="module")
 def service(redis_url, tmp_path_factory):
-    config_dir = tmp_path_factory.mktemp("rl-batch")
-    (config_dir / "tokens.yaml").write_text(CONFIG)
-    proc, base = start_service(config_dir, redis_url)
-    yield base
-    proc.stop()
+    yield from serving(tmp_path_factory.mktemp("rl-batch"), redis_url, {"tokens.yaml": CONFIG})
 
 
 def fresh(key: str) -> dict:

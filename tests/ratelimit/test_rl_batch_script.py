@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 import redis
-from rl_procs import call, descriptor, metric, start_service
+from rl_procs import call, descriptor, metric, serving
 
 from ratelimit_service.batch import run_batch
 from ratelimit_service.config import load_texts
@@ -21,11 +21,7 @@ SHA = hashlib.sha1(load_script().encode()).hexdigest()
 
 @pytest.fixture(scope="module")
 def service(redis_url, tmp_path_factory):
-    config_dir = tmp_path_factory.mktemp("rl-batch-script")
-    (config_dir / "d.yaml").write_text(CONFIG)
-    proc, base = start_service(config_dir, redis_url)
-    yield base
-    proc.stop()
+    yield from serving(tmp_path_factory.mktemp("rl-batch-script"), redis_url, {"d.yaml": CONFIG})
 
 
 @pytest.fixture

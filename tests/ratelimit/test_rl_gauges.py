@@ -5,7 +5,7 @@ import uuid
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rl_procs import call, descriptor, metric, start_service, wait_until
+from rl_procs import call, descriptor, metric, serving, wait_until
 
 CONFIG = """
 domain: tokens
@@ -23,10 +23,8 @@ descriptors:
 
 @pytest.fixture
 def service(redis_url, tmp_path):
-    (tmp_path / "tokens.yaml").write_text(CONFIG)
-    proc, base = start_service(tmp_path, redis_url)
-    yield base, tmp_path
-    proc.stop()
+    for base in serving(tmp_path, redis_url, {"tokens.yaml": CONFIG}):
+        yield base, tmp_path
 
 
 def user() -> dict:

@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from rl_procs import call, descriptor, start_service
+from rl_procs import call, descriptor, serving
 
 CONFIG = """
 domain: tokens
@@ -21,11 +21,7 @@ descriptors:
 
 @pytest.fixture(scope="module")
 def service(redis_url, tmp_path_factory):
-    config_dir = tmp_path_factory.mktemp("rl-reserve")
-    (config_dir / "tokens.yaml").write_text(CONFIG)
-    proc, base = start_service(config_dir, redis_url)
-    yield base
-    proc.stop()
+    yield from serving(tmp_path_factory.mktemp("rl-reserve"), redis_url, {"tokens.yaml": CONFIG})
 
 
 def user():
