@@ -11,6 +11,13 @@ from gateway.http1 import HTTPError, Pool
 from gateway.upstream import UpstreamUnreachable, header_block
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request as the client wrote it: head and Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
 async def serve(responses: list[bytes]):
     """A TCP server answering each request on a connection with the next canned response."""
     seen = {"connections": 0, "requests": []}
@@ -19,9 +26,7 @@ async def serve(responses: list[bytes]):
         seen["connections"] += 1
         try:
             while responses:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                seen["requests"].append(head + await reader.readexactly(length))
+                seen["requests"].append(await read_request(reader))
                 response = responses.pop(0)
                 if response == b"DROP":
                     break
@@ -95,7 +100,7 @@ async def test_a_reused_connection_closed_by_the_peer_is_retried_once_on_a_fresh
 async def scripted(script):
     """A TCP server running `script(reader, writer)` per connection; returns (server, port)."""
     async def handle(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
+        await read_request(reader)
         try:
             await script(reader, writer)
         finally:
@@ -220,8 +225,7 @@ async def test_tls_to_a_verified_server_and_refused_to_an_unknown_one(certificat
     server_ctx.load_cert_chain(cert, key)
 
     async def handle(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
         await writer.drain()
         writer.close()
