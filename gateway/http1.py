@@ -133,8 +133,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, pool: "Pool") -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.used = 0  # responses received on this connection
         self.idle_since = 0.0
+        self.answered = False  # a byte of the current request's answer has arrived
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
         self._headers_done: asyncio.Future | None = None
@@ -148,6 +148,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -180,7 +181,6 @@ class Connection(asyncio.Protocol):
         self._response._feed(body)
 
     def on_message_complete(self) -> None:
-        self.used += 1
         self._until_close = False
         self._response._finish()
 
@@ -194,8 +194,11 @@ class Connection(asyncio.Protocol):
         """Sends one request; returns once the response's headers are in."""
         self._response = Response(self, read_timeout)
         self._headers_done = asyncio.get_running_loop().create_future()
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
+        self.answered = False
+        if len(body) < 65536:
+            self.transport.write(head + body)  # one write, one segment on the wire
+        else:
+            self.transport.write(head)  # no copy of a large body
             self.transport.write(body)
         try:
             return await self._headers_done
@@ -281,7 +284,7 @@ class Pool:
             try:
                 return await conn.request(head, body, read_timeout)
             except HTTPError:
-                if conn._response is not None and conn._response.status:
+                if conn.answered:
                     raise
         return await (await self._connect()).request(head, body, read_timeout)
 

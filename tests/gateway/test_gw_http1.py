@@ -19,7 +19,10 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
 
 
 async def serve(responses: list[bytes]):
-    """A TCP server answering each request on a connection with the next canned response."""
+    """A TCP server answering each request on a connection with the next canned response.
+
+    `DROP` closes the connection without answering; `CUT:<bytes>` sends the bytes, then closes.
+    """
     seen = {"connections": 0, "requests": []}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -30,8 +33,10 @@ async def serve(responses: list[bytes]):
                 response = responses.pop(0)
                 if response == b"DROP":
                     break
-                writer.write(response)
+                writer.write(response.removeprefix(b"CUT:"))
                 await writer.drain()
+                if response.startswith(b"CUT:"):
+                    break
         except asyncio.IncompleteReadError:
             pass
         writer.close()
@@ -91,6 +96,23 @@ async def test_a_reused_connection_closed_by_the_peer_is_retried_once_on_a_fresh
     assert await pool.post("/x", b"{}") == (200, b"{}")
     assert await pool.post("/x", b"{}") == (200, b'{"a"')
     assert seen["connections"] == 2
+    pool.close()
+    server.close()
+
+
+async def test_a_reused_connection_cut_off_mid_answer_is_not_sent_again():
+    # The peer began answering, so it took the request: sending it again could run
+    # an LLM call twice.
+    server, port, seen = await serve([
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+        b"CUT:HTTP/1.1 200 OK\r\ncontent-le",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+    ])
+    pool = Pool("127.0.0.1", port)
+    assert await pool.post("/x", b"{}") == (200, b"{}")
+    with pytest.raises(HTTPError, match="connection closed"):
+        await pool.post("/x", b"{}")
+    assert seen["connections"] == 1 and len(seen["requests"]) == 2
     pool.close()
     server.close()
 
