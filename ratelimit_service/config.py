@@ -17,23 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ratelimit_service.match import ALGORITHMS, UNIT_SECONDS, Limit, Match, Node, Wildcard, lookup
 from ratelimit_service.yamlsrc import CONFIG_SUFFIXES, Document, YamlProblem, documents
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem]):
-        super().__init__("\n".join(map(str, problems)))
-        self.problems = problems
+from tollgate_common.problems import ConfigError, Problem
 
 
 class Invalid(ValueError):
@@ -177,10 +161,10 @@ def load_texts(texts: list[tuple[str, str]]) -> RateLimitConfig:
     problems: list[Problem] = []
     for name, text in texts:
         try:
-            for doc in documents(text):
+            for doc in documents(text, name):
                 root = _validate(doc)
                 if root.domain in domains:
-                    raise YamlProblem(doc.line_of(("domain",)), f"duplicate domain '{root.domain}' in config file")
+                    raise YamlProblem(doc.line(("domain",)), f"duplicate domain '{root.domain}' in config file")
                 domains[root.domain] = _build(root, doc)
         except YamlProblem as e:
             problems.append(Problem(name, e.line, e.message))
@@ -198,9 +182,9 @@ def _validate(doc: Document) -> YamlRoot:
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, Invalid):
             target = path + (cause.field_name,) if cause.field_name else path
-            raise YamlProblem(doc.line_of(target), str(cause)) from None
+            raise YamlProblem(doc.line(target), str(cause)) from None
         raise YamlProblem(
-            doc.line_of(path), f"error loading config file: {'.'.join(map(str, path))}: {error['msg']}"
+            doc.line(path), f"error loading config file: {'.'.join(map(str, path))}: {error['msg']}"
         ) from None
 
 
@@ -216,7 +200,7 @@ def _add_descriptors(parent: Node, descriptors: list[YamlDescriptor], parent_key
         full_key = f"{parent_key}.{final}"
         slot = (d.key, d.value or None)
         if slot in parent.children:
-            raise YamlProblem(doc.line_of(path + (i,)), f"duplicate descriptor composite key '{full_key}'")
+            raise YamlProblem(doc.line(path + (i,)), f"duplicate descriptor composite key '{full_key}'")
         child = Node(limit=_limit(d, full_key.split(".", 1)[1]), share_threshold=d.share_threshold)
         parent.children[slot] = child
         if "*" in d.value:

@@ -5,7 +5,7 @@ import uuid
 
 import httpx
 import pytest
-from rl_procs import call, descriptor, metric, serving
+from tests.harness.ratelimit import call, descriptor, metric, serving
 
 CONFIG = """
 domain: tokens

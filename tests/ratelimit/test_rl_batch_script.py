@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 import redis
-from rl_procs import call, descriptor, metric, serving
+from tests.harness.ratelimit import call, descriptor, metric, serving
 
 from ratelimit_service.batch import run_batch
 from ratelimit_service.config import load_texts

@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import pytest
-from rl_procs import DATA, call, descriptor, metric, start_service
+from tests.harness.ratelimit import DATA, call, descriptor, metric, start_service
 
 D = "conformance"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _STARTED: list["Proc"] = []
 
 
@@ -139,7 +139,7 @@ def start_redis(port: int | None = None, appendonly: bool = False, workdir: Path
 def start_mock_llm(port: int | None = None, *extra: str) -> tuple[Proc, str]:
     """The mock upstream; returns (proc, base_url)."""
     port = port or free_port()
-    proc = Proc("mock-llm", python_cmd("gateway.mock_llm", "--port", str(port), *extra)).start()
+    proc = Proc("mock-llm", python_cmd("tollgate_demo.mock_llm", "--port", str(port), *extra)).start()
     proc.wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc, f"http://127.0.0.1:{port}"
 

@@ -1,16 +1,19 @@
-"""Scalar types of the config file: durations, sizes, CEL, host:port, URLs.
+"""The building blocks of the config schema: the model base, and the scalar types.
 
-Each is an `Annotated` pydantic type whose validator turns the YAML scalar into what the
-runtime wants (seconds, bytes, a compiled `Expr`) and whose JSON schema says what the
-file may contain.
+Each scalar type is an `Annotated` pydantic type whose validator turns the YAML scalar
+into what the runtime wants (seconds, bytes, a compiled `Expr`) and whose JSON schema
+says what the file may contain. The gateway's file schema (config/models.py) and each
+policy's own schema (policies/*.py) are built from these.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
 
 from gateway.cel import CelError, Expr, compile_expr
 
@@ -30,34 +33,38 @@ RESERVED_LABELS = frozenset({"gen_ai_token_type", "gen_ai_request_model", "gen_a
 
 def parse_duration(value: Any) -> float:
     """"60s", "1m30s", "500ms", "1h", or a number of seconds; must be positive."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 60s, 1m, 500ms or a number of seconds")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-        seconds = float(value)
-    elif isinstance(value, str) and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value.strip()):
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
-    else:
-        raise ValueError(f"invalid duration {value!r}: expected e.g. 60s, 1m, 500ms or a number of seconds")
-    if seconds <= 0:
-        raise ValueError(f"duration must be greater than 0, got {value!r}")
-    return seconds
+    def text(value: str) -> float | None:
+        if re.fullmatch(r"\d+(\.\d+)?", value):
+            return float(value)
+        if re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value):
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+        return None
+
+    return _positive(value, "duration", "60s, 1m, 500ms or a number of seconds", float, text)
 
 
 def parse_size(value: Any) -> int:
     """Bytes, or "10Mi" / "10MiB" (1024-based) / "10MB" (1000-based); must be positive."""
+    def text(value: str) -> int | None:
+        m = _SIZE.fullmatch(value)
+        return int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""]) if m else None
+
+    return _positive(value, "size", "10Mi, 1MB or a number of bytes", int, text)
+
+
+def _positive(value: Any, what: str, examples: str, number: Callable[[Any], Any],
+              text: Callable[[str], Any]) -> Any:
+    """A number, or text that `text` reads (None when it cannot); must be above zero."""
     if isinstance(value, bool):
-        raise ValueError("expected a size like 10Mi, 1MB or a number of bytes")
-    if isinstance(value, (int, float)):
-        size = int(value)
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value.strip())):
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""])
-    else:
-        raise ValueError(f"invalid size {value!r}: expected e.g. 10Mi, 1MB or a number of bytes")
-    if size <= 0:
-        raise ValueError(f"size must be greater than 0, got {value!r}")
-    return size
+        raise ValueError(f"expected a {what} like {examples}")
+    parsed = number(value) if isinstance(value, (int, float)) else None
+    if isinstance(value, str):
+        parsed = text(value.strip())
+    if parsed is None:
+        raise ValueError(f"invalid {what} {value!r}: expected e.g. {examples}")
+    if parsed <= 0:
+        raise ValueError(f"{what} must be greater than 0, got {value!r}")
+    return parsed
 
 
 def compile_cel(value: Any) -> Expr:
@@ -135,3 +142,30 @@ KeyHash = Annotated[str, AfterValidator(_key_hash)]
 MetricLabel = Annotated[str, AfterValidator(_label)]
 LimitType = Literal["tokens", "requests"]
 Enforcement = Literal["soft", "hard"]
+
+
+class Model(BaseModel):
+    """A config object: agentgateway's camelCase names, unknown fields refused, immutable."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True,
+                              protected_namespaces=(), arbitrary_types_allowed=True)
+
+    def given(self, *names: str) -> list[str]:
+        """The camelCase names of the fields among `names` that the file sets."""
+        fields = type(self).model_fields
+        return [fields[n].alias or n for n in names if n in self.model_fields_set]
+
+
+def exactly_one(model: Model, *names: str) -> None:
+    given = model.given(*names)
+    if len(given) != 1:
+        aliases = " or ".join(f"'{type(model).model_fields[n].alias or n}'" for n in names)
+        raise ValueError(f"set exactly one of {aliases}" + (f" (got {', '.join(given)})" if given else ""))
+
+
+def at_most_one(model: Model, first: str, second: str, second_is: str = "") -> None:
+    """Refuses `first` and `second` together; `second_is` says what the second is ("its X spelling ")."""
+    if not model.given(first, second)[1:]:
+        return
+    fields = type(model).model_fields
+    raise ValueError(f"set '{fields[first].alias or first}' or {second_is}'{fields[second].alias or second}', not both")
