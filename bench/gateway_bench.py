@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import httpx
 import yaml
 
 from bench import wrk
-from tests.harness.procs import REPO, Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
+from tests.harness.procs import Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
 
 USERS = 100
 KEYS = [f"sk-bench-user-{i}" for i in range(USERS)]
@@ -147,6 +148,7 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

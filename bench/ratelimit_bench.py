@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ratelimit_service.limiter import bucket_key, load_script
-from tests.harness.procs import REPO, Proc, free_port, python_cmd, start_redis
+from tests.harness.procs import Proc, free_port, python_cmd, start_redis
 
 DOMAIN = "bench"
 CONFIG = f"""

@@ -96,11 +96,12 @@ class Accounting:
     async def admit(self, call: Call) -> Admission:
         """Reserves on every budget of the call's route; raises BudgetExceeded (or
         RemoteUnavailable under failClosed) having reserved nothing."""
-        demand = _demand(call, call.route.policies.remote_rate_limit is not None)
+        specs = call.route.policies
+        demand = _demand(call, specs.remote_rate_limit is not None)
         holds: list[Hold] = []
         try:
-            for policy in self.policies:
-                hold = await policy.admit(call, demand)
+            for policy, spec in zip(self.policies, (specs.local_rate_limits, specs.remote_rate_limit)):
+                hold = await policy.admit(spec, demand) if spec else None
                 if hold is not None:
                     holds.append(hold)
         except BaseException:
@@ -146,6 +147,8 @@ class Accounting:
 def _demand(call: Call, remote: bool) -> Demand:
     req = call.req
     return Demand(
+        route=call.route.name,
+        activation=call.activation,
         estimate=estimate_tokens(req) if call.backend.tokenize else 0,
         input_bound=upper_bound_tokens(req) if remote else 0,
         max_output=req.max_output_tokens,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 from gateway.cel import CelError, Expr, compile_expr
@@ -118,6 +118,12 @@ def _not_empty(value: str) -> str:
     return value
 
 
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path must start with '/', got {value!r}")
+    return value
+
+
 def _label(value: str) -> str:
     if not _LABEL.fullmatch(value):
         raise ValueError(f"invalid metric label name {value!r}")
@@ -140,15 +146,31 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 NonEmpty = Annotated[str, AfterValidator(_not_empty)]
 KeyHash = Annotated[str, AfterValidator(_key_hash)]
 MetricLabel = Annotated[str, AfterValidator(_label)]
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 LimitType = Literal["tokens", "requests"]
 Enforcement = Literal["soft", "hard"]
 
 
 class Model(BaseModel):
-    """A config object: agentgateway's camelCase names, unknown fields refused, immutable."""
+    """A config object: agentgateway's camelCase names, unknown fields refused, immutable.
+
+    Fields that are alternatives are declared, not validated by hand: `one_of` groups
+    need exactly one field set; `at_most_one_of` pairs (first, second, what the second
+    is) refuse both together.
+    """
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True,
                               protected_namespaces=(), arbitrary_types_allowed=True)
+    one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    at_most_one_of: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    @model_validator(mode="after")
+    def _alternatives(self) -> "Model":
+        for names in self.one_of:
+            exactly_one(self, *names)
+        for first, second, second_is in self.at_most_one_of:
+            at_most_one(self, first, second, second_is)
+        return self
 
     def given(self, *names: str) -> list[str]:
         """The camelCase names of the fields among `names` that the file sets."""

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ratelimit_service.match import ALGORITHMS, UNIT_SECONDS, Limit, Match, Node, Wildcard, lookup
 from ratelimit_service.yamlsrc import CONFIG_SUFFIXES, Document, YamlProblem, documents
@@ -68,21 +68,23 @@ class YamlRateLimit(_Model):
         return self
 
 
+def _required(message: str) -> AfterValidator:
+    """A string field envoy refuses empty, with envoy's message."""
+    def check(value: str) -> str:
+        if not value:
+            raise Invalid(message)
+        return value
+    return AfterValidator(check)
+
+
 class YamlDescriptor(_Model):
-    key: str = Field("", validate_default=True)
+    key: Annotated[str, _required("descriptor has empty key")] = Field("", validate_default=True)
     value: str = ""
     rate_limit: YamlRateLimit | None = None
     descriptors: list["YamlDescriptor"] = []
     shadow_mode: Flag = False
     detailed_metric: Flag = False
     share_threshold: Flag = False
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, key: str) -> str:
-        if not key:
-            raise Invalid("descriptor has empty key")
-        return key
 
     @model_validator(mode="after")
     def _share(self) -> "YamlDescriptor":
@@ -96,15 +98,8 @@ class YamlDescriptor(_Model):
 
 
 class YamlRoot(_Model):
-    domain: str = Field("", validate_default=True)
+    domain: Annotated[str, _required("config file cannot have empty domain")] = Field("", validate_default=True)
     descriptors: list[YamlDescriptor] = []
-
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, domain: str) -> str:
-        if not domain:
-            raise Invalid("config file cannot have empty domain")
-        return domain
 
 
 def composite_key(key: str, value: str) -> str:

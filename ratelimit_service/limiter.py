@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
-from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
+from ratelimit_service.redis_client import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
 
 SCRIPT_FILES = ("token_bucket.lua", "fixed_window.lua", "ratelimit.lua")
 KEY_PREFIX = "tollgate:rl"

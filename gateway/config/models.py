@@ -11,26 +11,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from gateway.policies.apikey import ApiKey
 from gateway.policies.local_ratelimit import LocalRateLimit
 from gateway.policies.remote_ratelimit import RemoteRateLimit
-from gateway.schema import MIB, ByteSize, Cel, Duration, HostPort, HttpUrl, MetricLabel, Model, NonEmpty, Port, \
-    at_most_one, exactly_one
+from gateway.schema import MIB, AbsolutePath, ByteSize, Cel, Duration, HostPort, HttpUrl, MetricLabel, Model, \
+    NonEmpty, Port
 
 
 # --- routes and backends --------------------------------------------------------------
 
 class PathMatch(Model):
-    path_prefix: str
-
-    @field_validator("path_prefix")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"pathPrefix must start with '/', got {value!r}")
-        return value
+    path_prefix: AbsolutePath
 
 
 # `matches: ["/anthropic"]` and `matches: [{path: /anthropic}]` mean a path prefix.
@@ -56,11 +49,7 @@ class ProviderModel(Model):
 class AIProvider(Model):
     open_ai: ProviderModel | None = Field(default=None, alias="openAI")
     anthropic: ProviderModel | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> "AIProvider":
-        exactly_one(self, "open_ai", "anthropic")
-        return self
+    one_of = (("open_ai", "anthropic"),)
 
     @property
     def kind(self) -> Literal["openAI", "anthropic"]:
@@ -77,11 +66,7 @@ class AIBackend(Model):
     host_override: HostPort | None = None  # plain HTTP to host:port
     base_url: HttpUrl | None = None
     tokenize: bool = False
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "AIBackend":
-        at_most_one(self, "host_override", "base_url")
-        return self
+    at_most_one_of = (("host_override", "base_url", ""),)
 
 
 class RouteBackend(Model):
@@ -95,16 +80,10 @@ class BackendAuth(Model):
 class RewritePath(Model):
     """agentgateway's `{full: ...}`; Gateway API's `{type: ReplaceFullPath, replaceFullPath: ...}`."""
 
-    full: str | None = None
-    replace_full_path: str | None = None
+    full: AbsolutePath | None = None
+    replace_full_path: AbsolutePath | None = None
     type: Literal["ReplaceFullPath"] | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> "RewritePath":
-        exactly_one(self, "full", "replace_full_path")
-        if not self.path.startswith("/"):
-            raise ValueError(f"the rewritten path must start with '/', got {self.path!r}")
-        return self
+    one_of = (("full", "replace_full_path"),)
 
     @property
     def path(self) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from pydantic import JsonValue, model_validator
+from pydantic import JsonValue
 
 from gateway.cel import to_cel
-from gateway.schema import KeyHash, Model, NonEmpty, any_case, exactly_one
+from gateway.schema import KeyHash, Model, NonEmpty, any_case
 
 Mode = Literal["strict", "optional", "permissive"]
 
@@ -45,11 +45,7 @@ class KeyEntry(Model):
     key_hash: KeyHash | None = None
     metadata: dict[str, JsonValue] = {}  # JSON only: CEL sees it as apiKey.*
     allowed_models: list[NonEmpty] | None = None
-
-    @model_validator(mode="after")
-    def _one_key(self) -> "KeyEntry":
-        exactly_one(self, "key", "key_hash")
-        return self
+    one_of = (("key", "key_hash"),)
 
     @property
     def digest(self) -> str:

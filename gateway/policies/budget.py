@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from gateway.call import Call
+    from gateway.cel import Activation
     from gateway.llm import Usage
 
 
 @dataclass(frozen=True, slots=True)
 class Demand:
-    """What a request is known to need before it is sent."""
+    """What one request asks of the budgets: who asks (its route and CEL variables) and
+    what it is known to need before it is sent."""
 
+    route: str  # the route's name: per-replica buckets are per route
+    activation: "Activation"  # the call's CEL variables (descriptor values, conditions, costs)
     estimate: int  # prompt estimate (0 without `tokenize`)
     input_bound: int  # prompt upper bound, for hard budgets (0 when none applies)
     max_output: int | None  # the client's max_tokens, if any
@@ -70,8 +73,8 @@ class Hold(Protocol):
 
 
 class BudgetPolicy(Protocol):
-    """A route's budget policy, run by accounting for every request (local, then remote)."""
+    """A kind of budget policy (local, remote), run by accounting for every request."""
 
-    async def admit(self, call: "Call", demand: Demand) -> Hold | None:
-        """Reserves `demand` on the call route's budgets of this policy; None when the
-        route has none. Raises BudgetExceeded having reserved nothing."""
+    async def admit(self, spec, demand: Demand) -> Hold | None:
+        """Reserves `demand` on the budgets `spec` (the route's config of this policy)
+        describes; None when nothing applies. Raises BudgetExceeded having reserved nothing."""

@@ -19,7 +19,6 @@ from gateway.policies.budget import BudgetExceeded, Demand, Verdict
 from gateway.schema import Duration, LimitType, Model
 
 if TYPE_CHECKING:
-    from gateway.call import Call
     from gateway.llm import Usage
 
 
@@ -129,14 +128,11 @@ class LocalLimiter:
             out.append(bucket)
         return out
 
-    async def admit(self, call: "Call", demand: Demand) -> LocalHold | None:
+    async def admit(self, limits: tuple[LocalRateLimit, ...], demand: Demand) -> LocalHold:
         """All-or-nothing: takes one request from each `requests` bucket and the prompt
         estimate from each `tokens` bucket, or raises BudgetExceeded taking nothing."""
-        limits = call.route.policies.local_rate_limits
-        if not limits:
-            return None
         amounts = [(b, 1 if b.limit.type == "requests" else demand.estimate)
-                   for b in self.buckets(call.route.name, limits)]
+                   for b in self.buckets(demand.route, limits)]
         for bucket, amount in amounts:
             if not bucket.can_take(amount):
                 raise BudgetExceeded(bucket.verdict(False, amount))

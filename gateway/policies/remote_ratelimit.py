@@ -18,10 +18,9 @@ from gateway.cel import Activation, CelError, Expr
 from gateway.policies.budget import BudgetExceeded, Demand, Verdict
 from gateway.ratelimit_client import RemoteUnavailable
 from gateway.schema import Cel, Duration, Enforcement, HostPort, LimitType, Model, NonEmpty, Port, any_case, \
-    at_most_one, exactly_one
+    exactly_one
 
 if TYPE_CHECKING:
-    from gateway.call import Call
     from gateway.llm import Usage
 
 log = logging.getLogger("tollgate.remote")
@@ -39,12 +38,7 @@ class DescriptorEntry(Model):
     value: Cel | None = None
     name: NonEmpty | None = None
     expression: Cel | None = None
-
-    @model_validator(mode="after")
-    def _spelled_once(self) -> "DescriptorEntry":
-        exactly_one(self, "key", "name")
-        exactly_one(self, "value", "expression")
-        return self
+    one_of = (("key", "name"), ("value", "expression"))
 
     @property
     def entry_key(self) -> str:
@@ -61,11 +55,7 @@ class DescriptorConfig(Model):
     unit: any_case("tokens", "requests") | None = None  # Kubernetes: Tokens|Requests
     cost: Cel | None = None
     enforcement: Enforcement | None = None
-
-    @model_validator(mode="after")
-    def _one_type(self) -> "DescriptorConfig":
-        at_most_one(self, "type", "unit", "its Kubernetes spelling ")
-        return self
+    at_most_one_of = (("type", "unit", "its Kubernetes spelling "),)
 
     @property
     def limit_type(self) -> LimitType:
@@ -310,11 +300,8 @@ class RemoteLimiter:
         self.client = client
         self.on_failure = on_failure  # (domain, failure mode): counted in the gateway's metrics
 
-    async def admit(self, call: "Call", demand: Demand) -> RemoteHold | None:
-        policy = call.route.policies.remote_rate_limit
-        if policy is None:
-            return None
-        activation = call.activation
+    async def admit(self, policy: RemoteRateLimit, demand: Demand) -> RemoteHold | None:
+        activation = demand.activation
         target = policy.target(activation)
         descriptors = resolve(target, activation) if target is not None else []
         if not descriptors:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.harness.budgets import KEYS, domain_yaml, gateway_config, remote_remaining
+from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
 from tests.harness.stack import Stack
 
 BUDGET = 2000

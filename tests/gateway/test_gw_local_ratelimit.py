@@ -1,10 +1,10 @@
 """The per-replica token bucket: agentgateway's fill rules, plus debt."""
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 
+from gateway.cel import Activation
 from gateway.llm import Usage
 from gateway.policies.budget import BudgetExceeded, Demand
 from gateway.policies.local_ratelimit import LocalLimiter, LocalRateLimit, TokenBucket
@@ -17,8 +17,8 @@ def limit(max_tokens, per_fill, interval, type_="tokens") -> LocalRateLimit:
 
 def admit(limiter: LocalLimiter, limits, estimate: int):
     """One request on route "r" with these limits and this prompt estimate."""
-    call = SimpleNamespace(route=SimpleNamespace(name="r", policies=SimpleNamespace(local_rate_limits=limits)))
-    return asyncio.run(limiter.admit(call, Demand(estimate=estimate, input_bound=0, max_output=None)))
+    demand = Demand(route="r", activation=Activation(), estimate=estimate, input_bound=0, max_output=None)
+    return asyncio.run(limiter.admit(limits, demand))
 
 
 class Clock:
@@ -104,7 +104,3 @@ def test_release_hands_back_request_counts_and_tokens():
     hold.release()
     assert tokens.verdict(True).remaining == 100
     admit(limiter, limits, 0)  # the request was handed back
-
-
-def test_a_route_without_local_limits_holds_nothing():
-    assert admit(LocalLimiter(), (), 10) is None

@@ -8,7 +8,7 @@ import pytest
 from tests.harness.procs import free_port, start_redis
 
 from ratelimit_service.limiter import JSON, RESERVE, SETTLE, Check, Limiter, LimiterError, MemoryBackend
-from ratelimit_service.resp import PipelinedRedis
+from ratelimit_service.redis_client import PipelinedRedis
 
 YEAR = 365 * 86400
 
