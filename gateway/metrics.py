@@ -1,6 +1,6 @@
 """Gateway metrics, exported in Prometheus text on the admin listener.
 
-Names are the product contract's, exactly (SPEC §7). The request path bumps plain
+Names are exactly those the README's Metrics table documents. The request path bumps plain
 dicts; tollgate_common.metrics exports them through OpenTelemetry at scrape time.
 """
 

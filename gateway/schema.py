@@ -27,7 +27,7 @@ _SIZE_UNITS = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
 _HEX64 = re.compile(r"sha256:[0-9a-fA-F]{64}")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _HOST_PORT = re.compile(r"[^\s:/]+:(\d+)|\[[0-9a-fA-F:.]+\]:(\d+)")
-# Labels the gateway's metrics already carry (SPEC §7).
+# Labels the gateway's metrics already carry (README, Metrics).
 RESERVED_LABELS = frozenset({"gen_ai_token_type", "gen_ai_request_model", "gen_ai_system", "status", "reason"})
 
 

@@ -5,7 +5,7 @@ layout (`..data` -> timestamped dir, one symlink per key); updates swap `..data`
 as `kubectl edit` plus the kubelet's sync do. The containers run their manifest
 `command`/`args` and `env` (secretKeyRef resolved from the Secret, the demo overlay's
 upstream patch applied); Service names map to loopback ports, and readiness is the
-manifest's readinessProbe. Then: seed 001's walkthrough, a ConfigMap edit raising
+manifest's readinessProbe. Then: the walkthrough of agentgateway's virtual-keys example, a ConfigMap edit raising
 mike's limit, and a new key added to the Secret, with no restart.
 """
 

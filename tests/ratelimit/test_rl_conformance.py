@@ -2,7 +2,7 @@
 
 The matching table and cases follow envoy's README examples, config tests and
 integration tests; the config is tests/ratelimit/data/conformance.yaml plus the
-seed 001 ConfigMap manifest, loaded as-is.
+ConfigMap manifest of agentgateway's Kubernetes virtual-keys example, loaded as-is.
 """
 
 import shutil
