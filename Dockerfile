@@ -21,17 +21,19 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Then the package itself (no dependency resolution: they are already installed).
+# Then the packages themselves (no dependency resolution: they are already installed).
+# lua/ and the demo's deploy files become package data; the sources are not kept.
 COPY README.md ./
 COPY gateway ./gateway
 COPY ratelimit_service ./ratelimit_service
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+COPY tollgate_common ./tollgate_common
+COPY tollgate_demo ./tollgate_demo
+COPY lua ./lua
+COPY deploy/gateway ./deploy/gateway
+COPY deploy/ratelimit ./deploy/ratelimit
+RUN pip install --no-deps . && rm -rf /app/*
 
-# The Redis Lua scripts live at the repository root, outside the Python packages;
-# the rate-limit service reads them from TOLLGATE_LUA_DIR.
-COPY lua /app/lua
 COPY deploy/healthcheck.py /usr/local/bin/tollgate-healthcheck
-ENV TOLLGATE_LUA_DIR=/app/lua
 
 RUN groupadd --system --gid 10001 tollgate \
     && useradd --system --uid 10001 --gid tollgate --no-create-home --shell /usr/sbin/nologin tollgate

@@ -1,6 +1,6 @@
 """Gateway throughput and latency against baselines measured in the same run.
 
-    python bench/gateway_bench.py [--seconds 5] [--rounds 3] [--distributed]
+    python -m bench.gateway_bench [--seconds 5] [--rounds 3] [--distributed]
 
 Rows: the mock upstream called directly; a bare FastAPI passthrough (bench/passthrough.py)
 to the same mock, the baseline of the ratios; a lean passthrough (plain ASGI with
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -22,12 +23,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "bench"))
-
-import wrk  # noqa: E402
-from procs import Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis  # noqa: E402
+from bench import wrk
+from tests.harness.procs import Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
 
 USERS = 100
 KEYS = [f"sk-bench-user-{i}" for i in range(USERS)]
@@ -115,11 +112,11 @@ def main() -> None:
         mock, mock_url = start_mock_llm(None, "--no-record", "--completion-tokens", "20")
         procs.append(mock)
         pt_port = free_port()
-        passthrough = Proc("passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"),
+        passthrough = Proc("passthrough", [sys.executable, "-m", "bench.passthrough",
                                            "--port", str(pt_port), "--upstream", mock_url]).start()
         procs.append(passthrough.wait_port(pt_port))
         lean_port = free_port()
-        lean = Proc("lean-passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"), "--lean",
+        lean = Proc("lean-passthrough", [sys.executable, "-m", "bench.passthrough", "--lean",
                                          "--port", str(lean_port), "--upstream", mock_url]).start()
         procs.append(lean.wait_port(lean_port))
         gw = start_tollgate(workdir, mock_url, None)
@@ -151,6 +148,7 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

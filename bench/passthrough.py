@@ -12,8 +12,6 @@ work costs.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,8 +20,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway.http1 import Pool  # noqa: E402
+from gateway.http1 import Pool
 
 
 def build(upstream: str) -> FastAPI:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decisions/s of the rate-limit service's POST /json, against the same Redis's raw EVALSHA rate.
 
-    python bench/ratelimit_bench.py [--seconds 10] [--connections 64] [--users 1000]
+    python -m bench.ratelimit_bench [--seconds 10] [--connections 64] [--users 1000]
 
 Starts a redis-server and `tollgate-ratelimit` on free ports, drives /json with
 wrk (one descriptor per request, users rotating so each hits its own bucket),
@@ -27,13 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from procs import Proc, free_port, python_cmd, start_redis  # noqa: E402
-
-from ratelimit_service.limiter import bucket_key, load_script  # noqa: E402
+from ratelimit_service.limiter import bucket_key, load_script
+from tests.harness.procs import Proc, free_port, python_cmd, start_redis
 
 DOMAIN = "bench"
 CONFIG = f"""

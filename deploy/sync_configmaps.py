@@ -21,7 +21,7 @@ CONFIGMAPS = (
      "#   kubectl -n tollgate edit configmap tollgate-gateway-config\n"
      "# and the gateway reloads it without a restart.\n"),
     (DEPLOY / "ratelimit" / "config.yaml", DEPLOY / "k8s" / "ratelimit-config.yaml", "ratelimit-config",
-     "# Per-user daily token budgets (seed 001's ConfigMap), generated from\n"
+     "# Per-user daily token budgets (the ConfigMap of agentgateway's Kubernetes virtual-keys example), generated from\n"
      "# deploy/ratelimit/config.yaml by deploy/sync_configmaps.py. Edit it in place:\n"
      "#   kubectl -n tollgate edit configmap ratelimit-config\n"
      "# The kubelet updates the mounted file (within about a minute) and the rate-limit\n"

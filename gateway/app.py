@@ -1,52 +1,41 @@
-"""The LLM listener: one request's path from key to upstream.
+"""The LLM listener: one request's path, from key to upstream and back, top to bottom.
 
-Plain ASGI, as the rate-limit service's decision path: the config's own routes
-(they change on reload) dispatch every request, and every error is answered here
-in the client's dialect, so a framework's routing, exception and middleware
-layers would only add per-request cost (~10% of the gateway's CPU when measured).
-The admin listener (/metrics, /healthz) is an ordinary FastAPI app.
+    route -> apiKey -> parse -> backend and model -> budgets admitted (local, then the
+    rate-limit service) -> upstream -> relay (usage settled the moment it is known)
+
+Plain ASGI, as the rate-limit service's decision path: the config's own routes (they
+change on reload) dispatch every request, and every error is answered here in the
+client's dialect, so a framework's routing, exception and middleware layers would only
+add per-request cost (~10% of the gateway's CPU when measured). The admin listener
+(/metrics, /healthz) is an ordinary FastAPI app (server.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.datastructures import Headers
 
-from gateway.accounting import Admission, BudgetExceeded, Demand, limit_headers
-from gateway.auth import AuthError, Identity
-from gateway.cel import build_activation
+from gateway.accounting import Admission
+from gateway.call import Call
 from gateway.config.runtime import Backend, Route
-from gateway.errors import GatewayError, error_body
-from gateway.llm import (
-    BadRequest, Dialect, LLMRequest, build_upstream, estimate_tokens, parse_request, upper_bound_tokens,
-)
-from gateway.relay import relay
-from gateway.state import Gateway
-from gateway.policies.ratelimit_client import RemoteUnavailable
+from gateway.errors import GatewayError
+from gateway.llm import BadRequest, Dialect, build_upstream, parse_request
+from gateway.policies.apikey import AuthError
+from gateway.policies.budget import BudgetExceeded
+from gateway.ratelimit_client import RemoteUnavailable
+from gateway.relay import Relay
+from gateway.replica import Replica
+from gateway.reply import Reply
 from gateway.upstream import UpstreamError, join_url
 
-JSON = "application/json"
 log = logging.getLogger("tollgate.app")
 
-
-@dataclass
-class Call:
-    """Everything one request carries from admission to settle."""
-
-    started: float
-    route: Route
-    dialect: Dialect
-    identity: Identity | None = None
-    req: LLMRequest | None = None
-    backend: Backend | None = None
-    admission: Admission | None = None
-    request: Request | None = field(default=None, repr=False)
+DRAIN_TIMEOUT = 120.0  # seconds an abandoned stream may take to report its usage
 
 
 def endpoint(method: str, path: str) -> str | None:
@@ -73,126 +62,142 @@ def select_backend(route: Route, model: str) -> Backend:
     raise GatewayError(404, "model_not_found", f"model {model!r} is not configured on this gateway")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(receive, headers: Headers, limit: int) -> bytes:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise GatewayError(413, "body_too_large", f"request body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "client_disconnected", "client closed the connection mid-body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise GatewayError(413, "body_too_large", f"request body exceeds the {limit}-byte limit")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
-def models_list(route: Route, identity: Identity | None) -> Response:
-    names = sorted({b.name for b in route.backends if not any(c in b.name for c in "*?[")})
-    if identity is not None:
-        names = [n for n in names if identity.allows(n)]
+def models_list(call: Call) -> bytes:
+    names = sorted({b.name for b in call.route.backends if not any(c in b.name for c in "*?[")})
+    if call.identity is not None:
+        names = [n for n in names if call.identity.allows(n)]
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "tollgate"} for n in names]
-    return Response(json.dumps({"object": "list", "data": data}), media_type=JSON)
+    return json.dumps({"object": "list", "data": data}).encode()
 
 
 class Handler:
-    def __init__(self, gw: Gateway, port: int) -> None:
-        self.gw = gw
+    def __init__(self, replica: Replica, port: int) -> None:
+        self.replica = replica
         self.port = port
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, scope, receive, send) -> None:
         started = time.perf_counter()
-        path = request.scope["path"]
-        route = self.gw.route(self.port, path)
+        reply = Reply(send, receive)
+        path = scope["path"]
+        config = self.replica.config
+        route = self.replica.route(self.port, path)
         target = (route.policies.url_rewrite if route else None) or path
-        kind = endpoint(request.method, target)
+        kind = endpoint(scope["method"], target)
         dialect = Dialect.ANTHROPIC if kind == "messages" else Dialect.OPENAI
-        if route is None or kind is None:
-            return self.fail(started, dialect, GatewayError(404, "not_found", f"no route for {request.method} {path}"))
-        call = Call(started=started, route=route, dialect=dialect, request=request)
+        call = Call(started, config, route, dialect, scope["method"], path, Headers(scope=scope))
         try:
-            call.identity = self.authenticate(route, request)
-            if kind == "models":
-                return self.done(call, models_list(route, call.identity), "ok")
-            return await self.forward(call)
+            if route is None or kind is None:
+                raise GatewayError(404, "not_found", f"no route for {scope['method']} {path}")
+            await self.serve(call, kind, receive, reply)
         except GatewayError as e:
-            return self.fail(started, dialect, e)
+            await self.refuse(call, reply, e)
         except BudgetExceeded as e:
-            return self.fail(started, dialect, GatewayError(
-                429, "rate_limited", str(e), limit_headers(e.verdict)))
+            await self.refuse(call, reply, GatewayError(429, "rate_limited", str(e), e.headers()))
         except RemoteUnavailable as e:
-            return self.fail(started, dialect, GatewayError(
+            await self.refuse(call, reply, GatewayError(
                 503, "ratelimit_unavailable", f"rate limit service unavailable (failClosed): {e}"))
+        except Exception:
+            # A bug, not a client error: logged with its traceback, answered as a 500.
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            await self.refuse(call, reply, GatewayError(500, "internal_error", "internal gateway error"))
+        finally:
+            self.replica.metrics.request(call.status, call.reason, time.perf_counter() - started)
 
-    @staticmethod
-    def authenticate(route: Route, request: Request) -> Identity | None:
-        policy = route.policies.api_key
+    async def serve(self, call: Call, kind: str, receive, reply: Reply) -> None:
+        call.identity = self.authenticate(call)
+        if kind == "models":
+            await reply.whole(200, models_list(call))
+            return
+        raw = await read_body(receive, call.headers, call.config.max_body_bytes)
+        try:
+            req = parse_request(call.dialect, raw)
+        except BadRequest as e:
+            raise GatewayError(400, "bad_request", str(e)) from e
+        call.bind(req, select_backend(call.route, req.model))
+        if call.identity is not None and not call.identity.allows(call.model):
+            raise GatewayError(403, "model_not_allowed", f"model {call.model!r} is not allowed for this API key")
+        async with await self.replica.accounting.admit(call) as admission:
+            relay = await self.send_upstream(call, admission)
+            if not relay.ok:
+                raise await relay.error()  # charged nothing: the admission releases on the way out
+            if call.req.stream:
+                await self.stream(call, relay, admission, reply)
+            else:
+                body = await relay.body()
+                admission.usage = relay.usage
+                admission.settle()
+                await reply.whole(relay.status, body, admission.headers())
+
+    def authenticate(self, call: Call):
+        policy = call.route.policies.api_key
         if policy is None:
             return None
         try:
-            return policy.authenticate(request.headers)
+            return policy.authenticate(call.headers)
         except AuthError as e:
             raise GatewayError(401, "unauthorized", str(e)) from e
 
-    async def forward(self, call: Call) -> Response:
-        gw, route, request = self.gw, call.route, call.request
+    async def send_upstream(self, call: Call, admission: Admission) -> Relay:
+        backend = call.backend
         try:
-            raw = await read_body(request, gw.config.max_body_bytes)
-        except ClientDisconnect:
-            raise GatewayError(400, "client_disconnected", "client closed the connection mid-body") from None
-        try:
-            call.req = req = parse_request(call.dialect, raw)
+            outbound = build_upstream(
+                call.req, backend.provider, backend.model, backend.api_key or call.route.policies.backend_auth,
+                max_tokens=admission.max_tokens, client_headers=call.headers)
         except BadRequest as e:
             raise GatewayError(400, "bad_request", str(e)) from e
-        call.backend = backend = select_backend(route, req.model)
-        model = req.model or backend.model or backend.name
-        if call.identity is not None and not call.identity.allows(model):
-            raise GatewayError(403, "model_not_allowed", f"model {model!r} is not allowed for this API key")
-        call.admission = await gw.accounting.admit(route, self.demand(call))
+        url = join_url(backend.base_url, outbound.path)
         try:
-            upstream_call = build_upstream(
-                req, backend.provider, backend.model, backend.api_key or route.policies.backend_auth,
-                max_tokens=call.admission.max_tokens, client_headers=request.headers)
-        except BadRequest as e:
-            gw.accounting.settle(call.admission, None)
-            raise GatewayError(400, "bad_request", str(e)) from e
-        url = join_url(backend.base_url, upstream_call.path)
-        try:
-            resp = await gw.upstream.send(url, upstream_call.headers, upstream_call.body,
-                                          route.policies.request_timeout)
+            response = await self.replica.upstream.send(url, outbound.headers, outbound.body,
+                                                        call.route.policies.request_timeout)
         except UpstreamError as e:
-            gw.accounting.settle(call.admission, None)
             reason = "upstream_timeout" if e.status == 504 else "upstream_unreachable"
             raise GatewayError(e.status, reason, str(e)) from e
-        return await relay(self, call, resp)
+        return Relay(call, response)
 
-    @staticmethod
-    def demand(call: Call) -> Demand:
-        req, request = call.req, call.request
-        remote = bool(call.route.policies.remote_rate_limit)
-        activation = None
-        if remote:
-            meta = call.identity.metadata if call.identity else None
-            base = {"requestModel": req.model}
+    async def stream(self, call: Call, relay: Relay, admission: Admission, reply: Reply) -> None:
+        """Relays the stream; settles the moment usage is known. A client that leaves does
+        not stop the accounting: the stream is read on until its usage arrives."""
+        admission.usage = relay.usage  # a stream that breaks off is charged what was reported
+        await reply.stream(relay.status, admission.headers())
+        try:
+            async with asyncio.timeout(None) as drain:
+                async for piece in relay.stream():
+                    if relay.usage_known:
+                        admission.settle()
+                    if not reply.gone:
+                        await reply.send(piece)
+                    elif relay.usage_known:
+                        break
+                    elif drain.when() is None:
+                        drain.reschedule(asyncio.get_running_loop().time() + DRAIN_TIMEOUT)
+        except TimeoutError:
+            log.warning("abandoned stream sent no usage within %gs; charging what it reported", DRAIN_TIMEOUT)
+        if reply.gone:
+            call.status, call.reason = 499, "client_disconnected"
+        await reply.finish()
 
-            def activation(llm: dict | None):
-                return build_activation(meta, request.method, request.scope["path"], request.headers,
-                                        {**base, **llm} if llm else base)
-
-        return Demand(
-            estimate=estimate_tokens(req) if call.backend.tokenize else 0,
-            input_bound=upper_bound_tokens(req) if remote else 0,
-            max_output=req.max_output_tokens,
-            activation=activation,
-        )
-
-    def done(self, call: Call, response: Response, reason: str) -> Response:
-        self.gw.metrics.request(response.status_code, reason, time.perf_counter() - call.started)
-        return response
-
-    def fail(self, started: float, dialect: Dialect, e: GatewayError) -> Response:
-        self.gw.metrics.request(e.status, e.reason, time.perf_counter() - started)
-        body = error_body(dialect, e.status, e.message)
-        return Response(body, status_code=e.status, media_type=JSON, headers=e.headers)
+    async def refuse(self, call: Call, reply: Reply, e: GatewayError) -> None:
+        call.status, call.reason = e.status, e.reason
+        if not reply.started:
+            await reply.whole(e.status, e.render(call.dialect), e.headers)
 
 
 class LLMApp:
@@ -204,15 +209,8 @@ class LLMApp:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return  # no websockets here; uvicorn refuses the upgrade
-        try:
-            response = await self.handler.handle(Request(scope, receive))
-        except Exception:
-            # A bug, not a client error: logged with its traceback, answered as a 500.
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = self.handler.fail(time.perf_counter(), Dialect.OPENAI,
-                                         GatewayError(500, "internal_error", "internal gateway error"))
-        await response(scope, receive, send)
+        await self.handler.handle(scope, receive, send)
 
 
-def build_app(gw: Gateway, port: int) -> LLMApp:
-    return LLMApp(Handler(gw, port))
+def build_app(replica: Replica, port: int) -> LLMApp:
+    return LLMApp(Handler(replica, port))

@@ -21,7 +21,7 @@ from celpy import celtypes
 from celpy.evaluation import Activation as _CelActivation
 from celpy.evaluation import CELEvalError
 
-__all__ = ["Activation", "CelError", "Expr", "build_activation", "compile_expr", "to_cel", "to_python"]
+__all__ = ["Activation", "CelError", "Expr", "compile_expr", "to_cel", "to_python"]
 
 # celpy logs every failed evaluation at ERROR; for us a failing expression is an
 # ordinary outcome (a key without `user_id` makes a condition false), reported as CelError.
@@ -64,11 +64,11 @@ class Activation:
         self._values: dict[str, Any] = {}
         self._cel: _Variables | None = None
 
-    def with_llm(self, llm: Mapping[str, Any] | None) -> "Activation":
-        """The same request seen after the response, with token counts (for `cost`)."""
-        after = Activation(self.api_key, self.method, self.path, self.headers, llm)
-        after._values = {k: v for k, v in self._values.items() if k != "llm"}
-        return after
+    def update_llm(self, **values: Any) -> None:
+        """Adds `llm.*` values (token counts once usage is known): later evaluations see them."""
+        self.llm = {**(self.llm or {}), **values}
+        self._values.pop("llm", None)
+        self._cel = None  # its macro name table may hold the old values
 
     def value(self, name: str) -> Any:
         """The CEL value of a top-level variable; KeyError for an unknown name."""
@@ -82,17 +82,6 @@ class Activation:
         if self._cel is None:
             self._cel = _Variables(self)
         return self._cel
-
-
-def build_activation(
-    api_key: Mapping[str, Any] | None,
-    method: str = "",
-    path: str = "",
-    headers: Mapping[str, str] | None = None,
-    llm: Mapping[str, Any] | None = None,
-) -> Activation:
-    """`api_key` is the key's metadata (an `Identity.metadata` carries its CEL form)."""
-    return Activation(api_key, method, path, headers, llm)
 
 
 class _Variables(_CelActivation):

@@ -4,7 +4,7 @@
     tollgate validate -f CONFIG             exit 0 and "ok", or 1 and `file:line: message`
     tollgate keys generate [--metadata k=v] print a key, then its `keyHash` YAML entry
     tollgate schema                         JSON schema of the config file
-    tollgate demo [--redis-url URL]         mock upstream + rate-limit service + gateway, from deploy/
+    tollgate demo [--redis-url URL]         mock upstream + rate-limit service + gateway (tollgate_demo)
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def dispatch(argv: list[str] | None = None) -> int:
     if command == "keys":
         return _keys(args)
     if command == "demo":
-        from gateway.demo import main as demo
-
-        return demo(args.redis_url)
+        # The demo is its own program (package tollgate_demo), run in this process's place.
+        extra = ["--redis-url", args.redis_url] if args.redis_url else []
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "tollgate_demo.demo", *extra])
     config_path = getattr(args, "config", None) or os.environ.get("TOLLGATE_CONFIG")
     if not config_path:
         print("tollgate: no config: pass -f CONFIG or set TOLLGATE_CONFIG", file=sys.stderr)

@@ -37,15 +37,23 @@ _ANTHROPIC_KINDS: dict[int, str] = {
 
 
 class GatewayError(Exception):
-    """A request the gateway answers itself: status, a metric reason, a message."""
+    """A request the gateway answers itself: status, a metric reason, a message.
+
+    `body`, when given, is the answer's body already in the client's dialect (an
+    upstream error translated for the client); otherwise the message is rendered.
+    """
 
     def __init__(self, status: int, reason: str, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, body: bytes | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.headers = dict(headers) if headers else None
+        self.body = body
+
+    def render(self, dialect: str) -> bytes:
+        return self.body if self.body is not None else error_body(dialect, self.status, self.message)
 
 
 def openai_kind(status: int) -> tuple[str, str | None]:

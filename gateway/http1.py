@@ -17,6 +17,8 @@ from typing import AsyncIterator
 
 import httptools
 
+from tollgate_common.netio import ConnectFailed, connect
+
 
 class HTTPError(Exception):
     """The connection failed or the peer did not speak the HTTP we expect."""
@@ -260,14 +262,10 @@ class Pool:
         return None
 
     async def _connect(self) -> Connection:
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: Connection(self), self.host, self.port, ssl=self.tls,
-                server_hostname=self.host if self.tls else None)
-        except (OSError, ssl.SSLError) as e:
-            raise HTTPError(f"cannot connect to {self.authority}: {type(e).__name__}: {e}") from e
-        return conn
+            return await connect(lambda: Connection(self), self.host, self.port, tls=self.tls)
+        except ConnectFailed as e:
+            raise HTTPError(str(e)) from e
 
     async def request(self, method: str, target: str, headers: bytes, body: bytes,
                       read_timeout: float | None = None) -> Response:

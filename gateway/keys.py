@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import yaml
 
-from gateway.auth import key_digest
+from gateway.policies.apikey import key_digest
 
 KEY_BYTES = 32  # 256 random bits
 

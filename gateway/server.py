@@ -1,6 +1,6 @@
-"""Runs one gateway replica: the LLM listeners, the admin listener and the watcher.
+"""Runs one gateway replica: the LLM listeners, the admin listener and the config reloader.
 
-All listeners share one event loop and one `Gateway`. Shutdown on SIGTERM/SIGINT is
+All listeners share one event loop and one `Replica`. Shutdown on SIGTERM/SIGINT is
 graceful: listeners stop accepting, in-flight responses (streams included) finish and
 are charged, abandoned streams are drained, pending settles are flushed.
 """
@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from gateway.app import build_app
+from gateway.config.loader import load
 from gateway.config.runtime import GatewayConfig
-from gateway.config.watcher import ConfigWatcher
 from gateway.metrics import CONTENT_TYPE
-from gateway.state import Gateway
+from gateway.replica import Replica
+from tollgate_common.watch import Reloader
 
 log = logging.getLogger("tollgate")
 
@@ -34,12 +35,12 @@ def split_addr(addr: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
-def build_admin(gw: Gateway) -> FastAPI:
+def build_admin(replica: Replica) -> FastAPI:
     admin = FastAPI(title="Tollgate admin", docs_url=None, redoc_url=None, openapi_url=None)
 
     @admin.get("/metrics")
     def metrics() -> Response:
-        return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(replica.metrics.render(), media_type=CONTENT_TYPE)
 
     @admin.get("/healthz/live")
     def live() -> Response:
@@ -47,7 +48,7 @@ def build_admin(gw: Gateway) -> FastAPI:
 
     @admin.get("/healthz/ready")
     def ready(request: Request) -> Response:
-        return PlainTextResponse("ready" if gw.ready else "starting", status_code=200 if gw.ready else 503)
+        return PlainTextResponse("ready" if replica.ready else "starting", status_code=200 if replica.ready else 503)
 
     return admin
 
@@ -70,27 +71,28 @@ def _uvicorn(app, host: str, port: int) -> _Server:
 
 
 async def serve(config: GatewayConfig) -> None:
-    gw = Gateway(config)
+    replica = Replica(config)
     for warning in config.warnings:
         log.warning("%s", warning)
-    await gw.start()
-    servers = [_uvicorn(build_app(gw, lst.port), "0.0.0.0", lst.port) for lst in config.listeners]
+    await replica.start()
+    servers = [_uvicorn(build_app(replica, lst.port), "0.0.0.0", lst.port) for lst in config.listeners]
     admin_host, admin_port = split_addr(config.admin_addr)
-    servers.append(_uvicorn(build_admin(gw), admin_host, admin_port))
+    servers.append(_uvicorn(build_admin(replica), admin_host, admin_port))
 
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         log.info("shutting down: finishing in-flight requests")
-        gw.ready = False
+        replica.ready = False
         for s in servers:
             s.should_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
 
-    watcher = ConfigWatcher(config.source, gw.reload, current=config)
-    watch_task = loop.create_task(watcher.run())
+    reloader = Reloader(lambda: replica.config.watch_paths, lambda: load(config.source), replica.reload,
+                        logging.getLogger("tollgate.config"))
+    watch_task = loop.create_task(reloader.run())
     serving = [loop.create_task(s.serve()) for s in servers]
     while not all(s.started for s in servers):
         if any(t.done() for t in serving):
@@ -100,15 +102,14 @@ async def serve(config: GatewayConfig) -> None:
         # Start-up objects live forever: keep them out of the cyclic collector's scans.
         gc.collect()
         gc.freeze()
-        gw.ready = True
+        replica.ready = True
         log.info("listening on %s; admin on %s",
                  ", ".join(str(lst.port) for lst in config.listeners), config.admin_addr)
     else:
         stop()
     results = await asyncio.gather(*serving, return_exceptions=True)
     watch_task.cancel()
-    await gw.close()
-    gw.metrics.shutdown()
+    await replica.close()
     failed = [r for r in results if isinstance(r, BaseException)] + [
         s for s in servers if not s.started]
     if failed:

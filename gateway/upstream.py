@@ -15,6 +15,7 @@ import ssl
 from urllib.parse import urlsplit
 
 from gateway.http1 import HTTPError, Pool, Response
+from tollgate_common.netio import tls_context
 
 DEFAULT_TIMEOUT = 600.0  # seconds; LLM calls are slow, routes may set their own
 # A provider's TLS handshake costs round trips across the internet: keep idle
@@ -83,7 +84,7 @@ class Upstream:
         self._tls: ssl.SSLContext | None = None
 
     async def start(self) -> None:
-        self._tls = ssl.create_default_context()
+        self._tls = tls_context()
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -16,9 +16,9 @@ import sys
 
 import uvicorn
 
-from ratelimit_service.config import ConfigError, load_texts, read_dir
+from ratelimit_service.config import ConfigError, load_dir
 from ratelimit_service.limiter import Limiter, connect
-from ratelimit_service.reload import Reloader
+from ratelimit_service.reload import domain_reloader
 from ratelimit_service.server import create_app
 from ratelimit_service.service import Service
 from ratelimit_service.stats import Stats
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        texts = read_dir(args.config_dir)
-        config = load_texts(texts)
+        config = load_dir(args.config_dir)
     except ConfigError as e:
         for problem in e.problems:
             print(f"tollgate-ratelimit: {problem}", file=sys.stderr)
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     stats = Stats()
     stats.config_loads, stats.domains = 1, len(config.domains)
     service = Service(config, limiter, stats)
-    reloader = Reloader(args.config_dir, lambda new: setattr(service, "config", new), stats, texts)
+    reloader = domain_reloader(args.config_dir, lambda new: setattr(service, "config", new), stats)
     if not config.domains:
         log.warning("no domain configured in %s: every request is OK", args.config_dir)
     log.info("loaded %d domain(s); redis %s", len(config.domains), _safe_url(args.redis_url))

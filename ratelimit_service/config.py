@@ -13,27 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ratelimit_service.match import ALGORITHMS, UNIT_SECONDS, Limit, Match, Node, Wildcard, lookup
 from ratelimit_service.yamlsrc import CONFIG_SUFFIXES, Document, YamlProblem, documents
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem]):
-        super().__init__("\n".join(map(str, problems)))
-        self.problems = problems
+from tollgate_common.problems import ConfigError, Problem
 
 
 class Invalid(ValueError):
@@ -84,21 +68,23 @@ class YamlRateLimit(_Model):
         return self
 
 
+def _required(message: str) -> AfterValidator:
+    """A string field envoy refuses empty, with envoy's message."""
+    def check(value: str) -> str:
+        if not value:
+            raise Invalid(message)
+        return value
+    return AfterValidator(check)
+
+
 class YamlDescriptor(_Model):
-    key: str = Field("", validate_default=True)
+    key: Annotated[str, _required("descriptor has empty key")] = Field("", validate_default=True)
     value: str = ""
     rate_limit: YamlRateLimit | None = None
     descriptors: list["YamlDescriptor"] = []
     shadow_mode: Flag = False
     detailed_metric: Flag = False
     share_threshold: Flag = False
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, key: str) -> str:
-        if not key:
-            raise Invalid("descriptor has empty key")
-        return key
 
     @model_validator(mode="after")
     def _share(self) -> "YamlDescriptor":
@@ -112,15 +98,8 @@ class YamlDescriptor(_Model):
 
 
 class YamlRoot(_Model):
-    domain: str = Field("", validate_default=True)
+    domain: Annotated[str, _required("config file cannot have empty domain")] = Field("", validate_default=True)
     descriptors: list[YamlDescriptor] = []
-
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, domain: str) -> str:
-        if not domain:
-            raise Invalid("config file cannot have empty domain")
-        return domain
 
 
 def composite_key(key: str, value: str) -> str:
@@ -177,10 +156,10 @@ def load_texts(texts: list[tuple[str, str]]) -> RateLimitConfig:
     problems: list[Problem] = []
     for name, text in texts:
         try:
-            for doc in documents(text):
+            for doc in documents(text, name):
                 root = _validate(doc)
                 if root.domain in domains:
-                    raise YamlProblem(doc.line_of(("domain",)), f"duplicate domain '{root.domain}' in config file")
+                    raise YamlProblem(doc.line(("domain",)), f"duplicate domain '{root.domain}' in config file")
                 domains[root.domain] = _build(root, doc)
         except YamlProblem as e:
             problems.append(Problem(name, e.line, e.message))
@@ -198,9 +177,9 @@ def _validate(doc: Document) -> YamlRoot:
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, Invalid):
             target = path + (cause.field_name,) if cause.field_name else path
-            raise YamlProblem(doc.line_of(target), str(cause)) from None
+            raise YamlProblem(doc.line(target), str(cause)) from None
         raise YamlProblem(
-            doc.line_of(path), f"error loading config file: {'.'.join(map(str, path))}: {error['msg']}"
+            doc.line(path), f"error loading config file: {'.'.join(map(str, path))}: {error['msg']}"
         ) from None
 
 
@@ -216,7 +195,7 @@ def _add_descriptors(parent: Node, descriptors: list[YamlDescriptor], parent_key
         full_key = f"{parent_key}.{final}"
         slot = (d.key, d.value or None)
         if slot in parent.children:
-            raise YamlProblem(doc.line_of(path + (i,)), f"duplicate descriptor composite key '{full_key}'")
+            raise YamlProblem(doc.line(path + (i,)), f"duplicate descriptor composite key '{full_key}'")
         child = Node(limit=_limit(d, full_key.split(".", 1)[1]), share_threshold=d.share_threshold)
         parent.children[slot] = child
         if "*" in d.value:

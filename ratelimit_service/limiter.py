@@ -2,7 +2,8 @@
 one call for a batch of requests, each still atomic on its own.
 
 The script is composed at load time from the files in lua/ (one per algorithm,
-then the driver ratelimit.lua) and run with EVALSHA; when Redis answers
+then the driver ratelimit.lua; shipped as the package data ratelimit_service.lua) and run
+with EVALSHA; when Redis answers
 NOSCRIPT (a restart or SCRIPT FLUSH emptied its cache) the call is repeated
 with EVAL, which caches it again. `memory://` runs the same script in-process
 on fakeredis's Lua.
@@ -11,14 +12,12 @@ on fakeredis's Lua.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 from typing import Any, Protocol
 
-from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
+from ratelimit_service.redis_client import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
 
-LUA_DIR = Path(os.environ.get("TOLLGATE_LUA_DIR") or Path(__file__).resolve().parent.parent / "lua")
 SCRIPT_FILES = ("token_bucket.lua", "fixed_window.lua", "ratelimit.lua")
 KEY_PREFIX = "tollgate:rl"
 
@@ -26,8 +25,9 @@ KEY_PREFIX = "tollgate:rl"
 JSON, RESERVE, SETTLE = "json", "reserve", "settle"
 
 
-def load_script(lua_dir: Path = LUA_DIR) -> str:
-    return "\n".join((lua_dir / name).read_text() for name in SCRIPT_FILES)
+def load_script() -> str:
+    lua = resources.files("ratelimit_service.lua")
+    return "\n".join(lua.joinpath(name).read_text() for name in SCRIPT_FILES)
 
 
 def _escape(part: str) -> str:

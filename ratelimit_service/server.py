@@ -19,7 +19,7 @@ from fastapi.responses import PlainTextResponse, Response
 from ratelimit_service.batch import MAX_BATCH_BODY, parse_batch, run_batch
 from ratelimit_service.limiter import LimiterError
 from ratelimit_service.protocol import JSON, RESERVE, SETTLE, BadRequest, decode, error_body, parse_document, render
-from ratelimit_service.reload import Reloader
+from tollgate_common.watch import Reloader
 from ratelimit_service.service import Service, unavailable
 from ratelimit_service.stats import CONTENT_TYPE, Stats
 

@@ -1,12 +1,9 @@
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from procs import start_redis  # noqa: E402
+from tests.harness.procs import start_redis
 
 # A run stopped by SIGTERM (a CI timeout) exits through atexit, which reaps the servers.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

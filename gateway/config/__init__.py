@@ -1,4 +1,4 @@
-"""Gateway configuration: typed models, a loader with line numbers, a watcher."""
+"""Gateway configuration: the file schema, a loader with line numbers, and the runtime config."""
 
 from gateway.config.loader import load
 from gateway.config.runtime import GatewayConfig

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import ANTHROPIC_HEADER, DEFAULT_HEADER, DEFAULT_PREFIX, ApiKeyPolicy, KeyStore, key_digest
 from gateway.config import models as m
 from gateway.config import runtime as rt
-from gateway.config.source import ConfigError, Document, Problem, parse_yaml
+from gateway.config.source import ConfigError, EnvDocument, Problem, parse_yaml
 from gateway.config.validate import validate
+from gateway.policies.apikey import ApiKey, ApiKeyPolicy, KeyEntry, KeyStore
 
 DEFAULT_BASE_URLS = {"openAI": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 MAX_KEY_FILE = 64 * 1024  # a key file is a few hundred bytes; refuse to read a stray blob
@@ -35,7 +35,7 @@ def load(path: str | os.PathLike[str]) -> rt.GatewayConfig:
     return _Builder(doc, source).build(validate(doc, m.GatewayFile))
 
 
-def read_key_file(path: Path) -> tuple[m.KeyEntry, Document]:
+def read_key_file(path: Path) -> tuple[KeyEntry, EnvDocument]:
     """One keysDir file: `{"key" | "keyHash", "metadata"?, "allowedModels"?}` as JSON."""
     file = str(path)
     text = _read(path, MAX_KEY_FILE)
@@ -46,11 +46,11 @@ def read_key_file(path: Path) -> tuple[m.KeyEntry, Document]:
     try:
         doc = parse_yaml(text, file, expand_env=False)  # JSON is YAML: this gives the lines
     except ConfigError:
-        doc = Document(file)
+        doc = EnvDocument(file)
     doc.data = data
     if not isinstance(data, dict):
         raise ConfigError([Problem(file, 1, 'a key file must hold a JSON object like {"key": "...", "metadata": {}}')])
-    return validate(doc, m.KeyEntry), doc
+    return validate(doc, KeyEntry), doc
 
 
 def _read(path: Path, limit: int | None = None) -> str:
@@ -69,7 +69,7 @@ def _read(path: Path, limit: int | None = None) -> str:
 
 
 class _Builder:
-    def __init__(self, doc: Document, source: Path) -> None:
+    def __init__(self, doc: EnvDocument, source: Path) -> None:
         self.doc = doc
         self.source = source
         self.problems: list[Problem] = []
@@ -91,7 +91,7 @@ class _Builder:
             listeners=tuple(listeners),
             admin_addr=settings.admin_addr,
             metrics_fields=dict(settings.metrics.fields.add),
-            model_catalog={name: rt.Price(p.input, p.output) for name, p in settings.model_catalog.items()},
+            model_catalog=dict(settings.model_catalog),
             max_body_bytes=settings.max_body_size,
             watch_paths=(self.source.absolute(), *dict.fromkeys(self.keys_dirs)),
             warnings=tuple(self.warnings()),
@@ -157,49 +157,21 @@ class _Builder:
         url_rewrite = getattr(p, "url_rewrite", None)
         return rt.Policies(
             api_key=self.api_key(loc + ("apiKey",), p.api_key) if p.api_key else None,
-            local_rate_limits=tuple(
-                rt.LocalLimit(max_tokens=lim.max_tokens, tokens_per_fill=lim.tokens_per_fill or lim.max_tokens,
-                              fill_interval=lim.fill_interval, type=lim.type)
-                for lim in p.local_rate_limit),
-            remote_rate_limit=self.remote(p.remote_rate_limit) if p.remote_rate_limit else (),
+            local_rate_limits=tuple(p.local_rate_limit),
+            remote_rate_limit=p.remote_rate_limit,
             backend_auth=(backend_auth.key or None) if backend_auth else None,
             url_rewrite=url_rewrite.path.path if url_rewrite else None,
             request_timeout=p.timeout.request_timeout if p.timeout else None,
         )
 
-    @staticmethod
-    def remote(spec: m.RemoteRateLimit) -> tuple[rt.RemoteRule, ...]:
-        rules = []
-        for condition, target in spec.rules:
-            descriptors = tuple(
-                rt.RemoteDescriptor(
-                    entries=tuple(rt.DescriptorEntry(e.entry_key, e.entry_value) for e in d.entries),
-                    type=d.limit_type,
-                    cost=d.cost,
-                    enforcement=d.enforcement or target.enforcement,
-                )
-                for d in target.descriptors or ())
-            policy = rt.RemotePolicy(host=target.service, domain=target.domain or "", descriptors=descriptors,
-                                     failure_mode=target.failure_mode, timeout=target.timeout)
-            rules.append(rt.RemoteRule(condition=condition, policy=policy))
-        return tuple(rules)
-
-    def api_key(self, loc: Loc, spec: m.ApiKey) -> ApiKeyPolicy:
+    def api_key(self, loc: Loc, spec: ApiKey) -> ApiKeyPolicy:
         store = KeyStore()
         seen: dict[str, str] = {}
         for j, entry in enumerate(spec.keys):
             self.add_key(store, seen, entry, self.doc, loc + ("keys", j))
         if spec.keys_dir:
             self.read_keys_dir(loc + ("keysDir",), spec.keys_dir, store, seen)
-        if spec.location is None:
-            header, prefix, fallback = DEFAULT_HEADER, DEFAULT_PREFIX, (ANTHROPIC_HEADER,)
-        else:
-            header = spec.location.header.name.lower()
-            prefix = spec.location.header.prefix
-            if prefix is None:
-                prefix = DEFAULT_PREFIX if header == DEFAULT_HEADER else ""
-            fallback = ()
-        return ApiKeyPolicy(spec.mode, header, prefix, store, fallback)
+        return ApiKeyPolicy.build(spec, store)
 
     def read_keys_dir(self, loc: Loc, configured: str, store: KeyStore, seen: dict[str, str]) -> None:
         directory = Path(configured)
@@ -222,8 +194,8 @@ class _Builder:
                 continue
             self.add_key(store, seen, key, key_doc, ())
 
-    def add_key(self, store: KeyStore, seen: dict[str, str], entry: m.KeyEntry, doc: Document, loc: Loc) -> None:
-        digest = key_digest(entry.key) if entry.key is not None else entry.key_hash.removeprefix("sha256:")
+    def add_key(self, store: KeyStore, seen: dict[str, str], entry: KeyEntry, doc: EnvDocument, loc: Loc) -> None:
+        digest = entry.digest
         if digest in seen:
             # Never echo the key: name where its twin is.
             doc_problem = doc.problem(loc, f"duplicate API key (the same key is at {seen[digest]})")

@@ -1,21 +1,25 @@
 """The normalized, compiled gateway config that the request path reads.
 
-Both YAML forms (`llm:` and `binds:`) load into these plain dataclasses, so the
-request path never touches pydantic and never compiles anything.
+Both YAML forms (`llm:` and `binds:`) load into these dataclasses; each route's
+policies are their own validated, immutable config objects (gateway/policies/), CEL
+already compiled, so the request path never validates or compiles anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from gateway.auth import ApiKeyPolicy
     from gateway.cel import Expr
+    from gateway.config.models import Price
+    from gateway.policies.apikey import ApiKeyPolicy
+    from gateway.policies.local_ratelimit import LocalRateLimit
+    from gateway.policies.remote_ratelimit import RemoteRateLimit
 
 Provider = Literal["openAI", "anthropic"]
-LimitType = Literal["tokens", "requests"]
 
 
 @dataclass(frozen=True)
@@ -31,47 +35,10 @@ class Backend:
 
 
 @dataclass(frozen=True)
-class LocalLimit:
-    max_tokens: int
-    tokens_per_fill: int
-    fill_interval: float  # seconds
-    type: LimitType = "tokens"
-
-
-@dataclass(frozen=True)
-class DescriptorEntry:
-    key: str
-    value: "Expr"
-
-
-@dataclass(frozen=True)
-class RemoteDescriptor:
-    entries: tuple[DescriptorEntry, ...]
-    type: LimitType = "requests"
-    cost: "Expr | None" = None
-    enforcement: Literal["soft", "hard"] = "soft"
-
-
-@dataclass(frozen=True)
-class RemotePolicy:
-    host: str  # host:port of the rate-limit service
-    domain: str
-    descriptors: tuple[RemoteDescriptor, ...]
-    failure_mode: Literal["failClosed", "failOpen"] = "failClosed"
-    timeout: float = 0.5  # seconds, per call to the service
-
-
-@dataclass(frozen=True)
-class RemoteRule:
-    condition: "Expr | None"  # None = always
-    policy: RemotePolicy
-
-
-@dataclass(frozen=True)
 class Policies:
     api_key: "ApiKeyPolicy | None" = None
-    local_rate_limits: tuple[LocalLimit, ...] = ()
-    remote_rate_limit: tuple[RemoteRule, ...] = ()  # first true condition wins
+    local_rate_limits: "tuple[LocalRateLimit, ...]" = ()
+    remote_rate_limit: "RemoteRateLimit | None" = None
     backend_auth: str | None = None  # binds form: upstream key for every backend
     url_rewrite: str | None = None  # full path replacement
     request_timeout: float | None = None  # seconds; agentgateway's timeout.requestTimeout
@@ -95,18 +62,17 @@ class Listener:
 
 
 @dataclass(frozen=True)
-class Price:
-    input_per_million: float
-    output_per_million: float
-
-
-@dataclass(frozen=True)
 class GatewayConfig:
     source: Path
     listeners: tuple[Listener, ...]
     admin_addr: str = "localhost:15000"
     metrics_fields: dict[str, "Expr"] = field(default_factory=dict)
-    model_catalog: dict[str, Price] = field(default_factory=dict)
+    model_catalog: "dict[str, Price]" = field(default_factory=dict)
     max_body_bytes: int = 10 * 1024 * 1024
     watch_paths: tuple[Path, ...] = ()  # the config file and every keysDir
     warnings: tuple[str, ...] = ()  # `file:line: message` lines worth logging at start
+
+    @cached_property
+    def labels_per_key(self) -> bool:
+        """Metric labels that read only `apiKey.*` are the same for every call of a key."""
+        return not any(word in expr.source for expr in self.metrics_fields.values() for word in ("request", "llm"))

@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.config.source import ConfigError, Document, Problem
+from gateway.config.source import ConfigError, EnvDocument, Problem
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate(doc: Document, model: type[M]) -> M:
+def validate(doc: EnvDocument, model: type[M]) -> M:
     try:
         return model.model_validate(doc.data)
     except ValidationError as e:
@@ -30,7 +30,7 @@ def dotted(loc: Sequence[Any]) -> str:
     return out
 
 
-def _problem(doc: Document, root: type[BaseModel], err: dict) -> Problem:
+def _problem(doc: EnvDocument, root: type[BaseModel], err: dict) -> Problem:
     loc = tuple(p for p in err["loc"] if p != "[key]")
     kind = err["type"]
     if kind == "extra_forbidden":

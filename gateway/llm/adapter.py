@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from gateway.errors import error_body
-from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
 from gateway.llm.stream import EventBuffer, events
 from gateway.llm.translate import StreamTranslator, openai_completion, openai_error
 from gateway.llm.usage import Usage, read_anthropic, read_openai

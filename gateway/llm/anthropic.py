@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.llm.base import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
+from gateway.llm.request import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
 
 PATH = "/v1/messages"
 ROLES = frozenset({"user", "assistant"})

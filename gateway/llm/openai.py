@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.llm.base import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
+from gateway.llm.request import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
 
 PATH = "/v1/chat/completions"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.llm import anthropic, openai
 from gateway.llm.adapter import unsupported
-from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
 from gateway.llm.translate import anthropic_request
 
 PROVIDERS = ("openAI", "anthropic")

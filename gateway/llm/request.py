@@ -1,35 +1,77 @@
-"""A client's LLM request, parsed once and validated enough to route and account it."""
+"""A client's LLM request: its type, the checks every dialect shares, and its body re-encoded for upstream."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
-from gateway.llm import anthropic, openai
-from gateway.llm.base import BadRequest, Dialect, LLMRequest
+
+class Dialect(StrEnum):
+    """The API the client speaks: `/v1/chat/completions` or `/v1/messages`."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
 
 
-def parse_request(dialect: Dialect, raw: bytes) -> LLMRequest:
-    """Parses and checks a request body; raises `BadRequest` naming the problem."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
-    model = body.get("model")
-    if model is None:
-        model = ""
-    elif not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a non-empty string")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise BadRequest("'stream' must be a boolean")
-    rules = anthropic if dialect == Dialect.ANTHROPIC else openai
-    rules.check_messages(body)
-    return LLMRequest(
-        dialect=dialect, body=body, raw=raw, model=model, stream=stream,
-        max_output_tokens=rules.max_output_tokens(body),
-        wants_usage=rules.wants_usage(body, stream),
-    )
+class BadRequest(ValueError):
+    """The client's request is malformed (HTTP 400); the message names the problem."""
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    dialect: Dialect
+    body: dict[str, Any]
+    raw: bytes  # the client's bytes, reused upstream when nothing has to change
+    model: str  # "" when the client left it to the gateway's configured model
+    stream: bool
+    max_output_tokens: int | None  # max_completion_tokens / max_tokens as the client sent it
+    wants_usage: bool  # a stream's client asked for usage (always true for Anthropic and non-streams)
+
+
+def optional_count(body: dict[str, Any], field: str) -> int | None:
+    """A positive integer field, or None when absent or null."""
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"'{field}' must be a positive integer")
+    return value
+
+
+def message_list(body: dict[str, Any], roles: frozenset[str]) -> list[dict[str, Any]]:
+    """`messages`: a non-empty list of objects whose role is one of `roles`."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object")
+        role = message.get("role")
+        if role not in roles:
+            raise BadRequest(f"messages[{i}].role must be one of {', '.join(sorted(roles))}, not {role!r}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string or an array")
+    return messages
+
+
+def to_json(value: Any) -> bytes:
+    # ASCII escapes: the C encoder's fast path, and the bytes need no UTF-8 pass.
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def overrides(req: LLMRequest, model: str | None, cap: int | None, cap_field: str) -> dict[str, Any]:
+    """The gateway's changes to a body: its model, and an output cap the client may lower."""
+    changes: dict[str, Any] = {}
+    if model and model != req.model:
+        changes["model"] = model
+    if cap is not None and (req.max_output_tokens is None or req.max_output_tokens > cap):
+        changes[cap_field] = cap
+    return changes
+
+
+def with_changes(req: LLMRequest, changes: dict[str, Any]) -> bytes:
+    """The body to send: the client's own bytes when nothing changes (no re-encoding)."""
+    return to_json({**req.body, **changes}) if changes else req.raw

@@ -31,12 +31,12 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from gateway.llm.base import Dialect, LLMRequest
+from gateway.llm.request import Dialect, LLMRequest
 
 log = logging.getLogger("tollgate.tokenize")
 
@@ -122,12 +122,6 @@ def text_counter(model: str) -> TextCounter:
         return approx_tokens
     encode = encoding.encode_ordinary
     return lambda text: len(encode(text))
-
-
-def warm(models: Iterable[str]) -> None:
-    """Loads the encodings of `models` now, so the first request does not pay for it."""
-    for model in models:
-        text_counter(model)
 
 
 def cache_file(name: str) -> Path | None:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from gateway.errors import error_body
-from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
 from gateway.llm.usage import Usage, openai_usage, read_anthropic
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often omit it

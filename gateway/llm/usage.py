@@ -15,8 +15,6 @@ class Usage:
     def total(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    total_tokens = total
-
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,4 +1,4 @@
-"""`localRateLimit`: a per-replica token bucket, as agentgateway documents it.
+"""`localRateLimit`: per-replica token buckets, as agentgateway documents them.
 
 The bucket starts full with `maxTokens`, gains `tokensPerFill` every `fillInterval`
 (whole intervals, like agentgateway's and envoy's local limiters) and never holds more
@@ -11,25 +11,34 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.config.runtime import LocalLimit
+from pydantic import Field
+
+from gateway.policies.budget import BudgetExceeded, Demand, Verdict
+from gateway.schema import Duration, LimitType, Model
+
+if TYPE_CHECKING:
+    from gateway.llm import Usage
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of asking one or more buckets; the headers a client sees come from it."""
+# --- schema ---------------------------------------------------------------------------
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after: float  # seconds until the bucket is full again
-    retry_after: float  # seconds until this request could pass (0 when allowed)
-    tripped: str = ""  # what refused the request, for the error body
+class LocalRateLimit(Model):
+    max_tokens: int = Field(ge=0)
+    tokens_per_fill: int | None = Field(default=None, ge=1)  # default: maxTokens
+    fill_interval: Duration
+    type: LimitType = "requests"
 
+    @property
+    def fill(self) -> int:
+        return self.tokens_per_fill or self.max_tokens
+
+
+# --- runtime --------------------------------------------------------------------------
 
 class TokenBucket:
-    def __init__(self, limit: LocalLimit, clock=time.monotonic) -> None:
+    def __init__(self, limit: LocalRateLimit, clock=time.monotonic) -> None:
         self.limit = limit
         self._clock = clock
         self._tokens = float(limit.max_tokens)
@@ -40,7 +49,7 @@ class TokenBucket:
         now = self._clock()
         fills = math.floor((now - self._last_fill) / lim.fill_interval)
         if fills > 0:
-            self._tokens = min(float(lim.max_tokens), self._tokens + fills * lim.tokens_per_fill)
+            self._tokens = min(float(lim.max_tokens), self._tokens + fills * lim.fill)
             self._last_fill += fills * lim.fill_interval
         if self._tokens >= lim.max_tokens:
             # A full bucket does not bank time towards its next fill.
@@ -52,7 +61,7 @@ class TokenBucket:
         if missing <= 0:
             return 0.0
         lim = self.limit
-        fills = math.ceil(missing / lim.tokens_per_fill)
+        fills = math.ceil(missing / lim.fill)
         return max(0.0, self._last_fill + fills * lim.fill_interval - self._clock())
 
     def can_take(self, amount: int) -> bool:
@@ -77,13 +86,40 @@ class TokenBucket:
         )
 
 
+class LocalHold:
+    """What one request took from its route's buckets."""
+
+    __slots__ = ("charges", "max_tokens")
+
+    def __init__(self, charges: list[tuple[TokenBucket, int]]) -> None:
+        self.charges = charges
+        self.max_tokens = None
+
+    def remaining_tokens(self) -> int | None:
+        tokens = [b.verdict(True).remaining for b, _ in self.charges if b.limit.type == "tokens"]
+        return min(tokens) if tokens else None
+
+    def settle(self, usage: "Usage") -> None:
+        """Each token bucket's reservation becomes the real usage; request counts stay."""
+        for bucket, reserved in self.charges:
+            if bucket.limit.type == "tokens":
+                bucket.take(usage.total - reserved)
+
+    def release(self) -> None:
+        """Every reservation back, request counts included: the call never happened."""
+        for bucket, reserved in self.charges:
+            if reserved:
+                bucket.take(-reserved)
+
+
 class LocalLimiter:
-    """The buckets of one route's `localRateLimit` list, kept across config reloads."""
+    """The buckets of every route's `localRateLimit` list, kept across config reloads
+    (a bucket whose limit changed starts afresh)."""
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, int], TokenBucket] = {}
 
-    def buckets(self, route_name: str, limits: tuple[LocalLimit, ...]) -> list[TokenBucket]:
+    def buckets(self, route_name: str, limits: tuple[LocalRateLimit, ...]) -> list[TokenBucket]:
         out = []
         for i, limit in enumerate(limits):
             bucket = self._buckets.get((route_name, i))
@@ -92,36 +128,15 @@ class LocalLimiter:
             out.append(bucket)
         return out
 
-    @staticmethod
-    def reserve(buckets: list[TokenBucket], estimate: int) -> tuple[Verdict | None, list[tuple[TokenBucket, int]]]:
-        """All-or-nothing admission. Returns (refusal or None, the charges made)."""
-        amounts = [(b, 1 if b.limit.type == "requests" else estimate) for b in buckets]
+    async def admit(self, limits: tuple[LocalRateLimit, ...], demand: Demand) -> LocalHold:
+        """All-or-nothing: takes one request from each `requests` bucket and the prompt
+        estimate from each `tokens` bucket, or raises BudgetExceeded taking nothing."""
+        amounts = [(b, 1 if b.limit.type == "requests" else demand.estimate)
+                   for b in self.buckets(demand.route, limits)]
         for bucket, amount in amounts:
             if not bucket.can_take(amount):
-                return bucket.verdict(False, amount), []
+                raise BudgetExceeded(bucket.verdict(False, amount))
         for bucket, amount in amounts:
             if amount:
                 bucket.take(amount)
-        return None, amounts
-
-    @staticmethod
-    def settle(charges: list[tuple[TokenBucket, int]], total_tokens: int) -> None:
-        """Replaces each token bucket's reservation with the real usage."""
-        for bucket, reserved in charges:
-            if bucket.limit.type == "tokens":
-                bucket.take(total_tokens - reserved)
-
-    @staticmethod
-    def refund(charges: list[tuple[TokenBucket, int]]) -> None:
-        """Hands back every reservation, request counts included: the call never happened."""
-        for bucket, reserved in charges:
-            if reserved:
-                bucket.take(-reserved)
-
-    @staticmethod
-    def tightest(buckets: list[TokenBucket]) -> Verdict | None:
-        """The most constrained token bucket, for success-path headers."""
-        tokens = [b for b in buckets if b.limit.type == "tokens"]
-        if not tokens:
-            return None
-        return min((b.verdict(True) for b in tokens), key=lambda v: v.remaining)
+        return LocalHold(amounts)

@@ -8,8 +8,8 @@ import httpx
 import pytest
 import yaml
 
-from deploy_observe import concrete, panel_queries, prometheus_binary, query, start_prometheus
-from procs import Proc, free_port, python_cmd
+from tests.harness.deploy_observe import concrete, panel_queries, prometheus_binary, query, start_prometheus
+from tests.harness.procs import Proc, free_port, python_cmd
 
 pytestmark = pytest.mark.skipif(prometheus_binary() is None, reason="prometheus not installed")
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from deploy_observe import (
+from tests.harness.deploy_observe import (
     concrete, exported_names, metric_names, panel_queries, prometheus_binary, query, render_prometheus,
     start_prometheus, variable_queries,
 )
-from deploy_stack import ComposeStack, Local, missing_scripts
-from deploy_walkthrough import KEYS, chat, run_walkthrough
+from tests.harness.deploy_stack import ComposeStack, Local, missing_scripts
+from tests.harness.deploy_walkthrough import KEYS, chat, run_walkthrough
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")

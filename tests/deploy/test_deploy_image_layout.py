@@ -1,7 +1,7 @@
 """The image's layout without Docker: the Dockerfile's build context is copied
 (what .dockerignore keeps), installed with `pip install --no-deps` into a plain
-directory, and the three console scripts run from there, outside the source tree,
-with the Lua scripts where the Dockerfile puts them (TOLLGATE_LUA_DIR)."""
+directory, and the three console scripts run from there, outside the source tree:
+the Lua scripts and the demo's files travel inside the packages."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy_files import DEPLOY, REPO, dockerfile_copies, dockerfile_env
-from deploy_stack import missing_scripts
-from procs import Proc, free_port
+from tests.harness.deploy_files import DEPLOY, REPO, dockerfile_copies
+from tests.harness.deploy_stack import missing_scripts
+from tests.harness.procs import Proc, free_port
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")
@@ -27,7 +27,7 @@ MIKE_OVER_BUDGET = {"domain": "token-budgets", "descriptors": [
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    """(site dir with bin/, app dir as /app) built like the Dockerfile builds."""
+    """(site dir with bin/, a working directory) built like the Dockerfile builds."""
     root = tmp_path_factory.mktemp("image")
     context = root / "context"
     for sources, _ in dockerfile_copies():
@@ -46,23 +46,31 @@ def image(tmp_path_factory):
     if built.returncode != 0 and re.search(r"NewConnectionError|No matching distribution|Could not find a version", built.stderr):
         pytest.skip(f"the build backend could not be fetched: {built.stderr[-300:]}")
     assert built.returncode == 0, built.stderr
-    app = root / "app"
-    lua_target = Path(dockerfile_env()["TOLLGATE_LUA_DIR"])
-    shutil.copytree(context / "lua", app / lua_target.name)
-    return site, app / lua_target.name, root
+    shutil.rmtree(context)  # as the Dockerfile: the sources are not kept
+    return site, root
 
 
-def installed(site: Path, script: str, *args: str, lua_dir: Path, cwd: Path) -> Proc:
-    env = {"PYTHONPATH": str(site), "TOLLGATE_LUA_DIR": str(lua_dir)}
-    return Proc(script, [sys.executable, str(site / "bin" / script), *args], env=env, cwd=cwd).start()
+def installed(site: Path, script: str, *args: str, cwd: Path) -> Proc:
+    return Proc(script, [sys.executable, str(site / "bin" / script), *args], env={"PYTHONPATH": str(site)},
+                cwd=cwd).start()
 
 
-def test_installed_ratelimit_service_runs_the_lua_from_tollgate_lua_dir(image, tmp_path):
-    site, lua_dir, root = image
+def test_the_packages_carry_the_lua_scripts_and_the_demo_files(image):
+    site, _ = image
+    assert sorted(p.name for p in (site / "ratelimit_service" / "lua").glob("*.lua")) == sorted(
+        p.name for p in (REPO / "lua").glob("*.lua"))
+    demo = site / "tollgate_demo" / "deploy"
+    assert (demo / "gateway" / "config.yaml").is_file() and (demo / "ratelimit" / "config.yaml").is_file()
+    assert {p.name for p in (demo / "gateway" / "keys").iterdir()} == {
+        p.name for p in (DEPLOY / "gateway" / "keys").iterdir()}
+
+
+def test_installed_ratelimit_service_runs_the_lua_from_its_package(image, tmp_path):
+    site, root = image
     port = free_port()
     config = shutil.copytree(DEPLOY / "ratelimit", tmp_path / "ratelimit")
     proc = installed(site, "tollgate-ratelimit", "--config-dir", str(config), "--redis-url", "memory://",
-                     "--port", str(port), lua_dir=lua_dir, cwd=root)
+                     "--port", str(port), cwd=root)
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/healthcheck")
         reply = httpx.post(f"http://127.0.0.1:{port}/json", json=MIKE_OVER_BUDGET, timeout=5)
@@ -71,26 +79,10 @@ def test_installed_ratelimit_service_runs_the_lua_from_tollgate_lua_dir(image, t
         proc.stop()
 
 
-def test_ratelimit_service_reads_its_scripts_only_from_tollgate_lua_dir(image, tmp_path):
-    site, _, root = image
-    empty = tmp_path / "no-lua"
-    empty.mkdir()
-    port = free_port()
-    proc = installed(site, "tollgate-ratelimit", "--config-dir", str(DEPLOY / "ratelimit"), "--redis-url",
-                     "memory://", "--port", str(port), lua_dir=empty, cwd=root)
-    try:
-        proc.popen.wait(20)
-    except subprocess.TimeoutExpired:
-        pytest.fail("started without any Lua script: TOLLGATE_LUA_DIR is not what it reads")
-    finally:
-        proc.stop()
-    assert proc.popen.returncode != 0 and ".lua" in proc.log(), proc.log()
-
-
 def test_installed_mock_and_healthcheck_script(image):
-    site, lua_dir, root = image
+    site, root = image
     port = free_port()
-    proc = installed(site, "tollgate-mock-llm", "--port", str(port), lua_dir=lua_dir, cwd=root)
+    proc = installed(site, "tollgate-mock-llm", "--port", str(port), cwd=root)
     try:
         proc.wait_port(port)
         check = [sys.executable, str(DEPLOY / "healthcheck.py"), f"http://127.0.0.1:{port}/healthz"]
@@ -102,7 +94,7 @@ def test_installed_mock_and_healthcheck_script(image):
 
 
 def test_installed_gateway_validates_the_deploy_config(image, tmp_path):
-    site, lua_dir, root = image
+    site, root = image
     config = tmp_path / "config.yaml"
     keys = shutil.copytree(DEPLOY / "gateway" / "keys", tmp_path / "keys")
     config.write_text((DEPLOY / "gateway" / "config.yaml").read_text().replace("/etc/tollgate/keys", str(keys)))
@@ -121,16 +113,16 @@ def test_installed_gateway_validates_the_deploy_config(image, tmp_path):
 def test_installed_gateway_serves_through_every_package(image, tmp_path):
     # The full request path imports every gateway subpackage: one left out of the
     # wheel (a folder without __init__.py) fails here, not in production.
-    site, lua_dir, root = image
+    site, root = image
     mock_port, port, admin = free_port(), free_port(), free_port()
-    mock = installed(site, "tollgate-mock-llm", "--port", str(mock_port), lua_dir=lua_dir, cwd=root)
+    mock = installed(site, "tollgate-mock-llm", "--port", str(mock_port), cwd=root)
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"llm:\n  port: {port}\n  policies:\n    apiKey:\n      keys: [{{key: sk-image}}]\n"
         f"  models:\n  - name: '*'\n    provider: openAI\n"
         f"    params: {{apiKey: k, baseUrl: 'http://127.0.0.1:{mock_port}'}}\n"
         f"config:\n  adminAddr: 127.0.0.1:{admin}\n")
-    gateway = installed(site, "tollgate", "-f", str(config), lua_dir=lua_dir, cwd=root)
+    gateway = installed(site, "tollgate", "-f", str(config), cwd=root)
     try:
         mock.wait_port(mock_port)
         gateway.wait_http(f"http://127.0.0.1:{admin}/healthz/ready")
@@ -141,3 +133,14 @@ def test_installed_gateway_serves_through_every_package(image, tmp_path):
     finally:
         gateway.stop()
         mock.stop()
+
+
+def test_installed_demo_runs_from_the_files_its_package_carries(image, tmp_path):
+    site, root = image
+    code = "from tollgate_demo.demo import copy_deploy, deploy_source; import sys; " \
+           "print(deploy_source()); copy_deploy(__import__('pathlib').Path(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "demo")], capture_output=True, text=True,
+                            timeout=60, cwd=root, env={"PYTHONPATH": str(site)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(site / "tollgate_demo" / "deploy")
+    assert (tmp_path / "demo" / "gateway" / "config.yaml").read_text() == (DEPLOY / "gateway" / "config.yaml").read_text()

@@ -5,7 +5,7 @@ layout (`..data` -> timestamped dir, one symlink per key); updates swap `..data`
 as `kubectl edit` plus the kubelet's sync do. The containers run their manifest
 `command`/`args` and `env` (secretKeyRef resolved from the Secret, the demo overlay's
 upstream patch applied); Service names map to loopback ports, and readiness is the
-manifest's readinessProbe. Then: seed 001's walkthrough, a ConfigMap edit raising
+manifest's readinessProbe. Then: the walkthrough of agentgateway's virtual-keys example, a ConfigMap edit raising
 mike's limit, and a new key added to the Secret, with no restart.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_files import K8S_DEMO, container, k8s_object, load_yaml_docs, mount_path_of
-from deploy_stack import missing_scripts, localize, script_command
-from deploy_walkthrough import chat, run_walkthrough, wait_for_status
-from procs import Proc, free_port, redis_server_binary
+from tests.harness.deploy_files import K8S_DEMO, container, k8s_object, load_yaml_docs, mount_path_of
+from tests.harness.deploy_stack import missing_scripts, localize, script_command
+from tests.harness.deploy_walkthrough import chat, run_walkthrough, wait_for_status
+from tests.harness.procs import Proc, free_port, redis_server_binary
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from deploy_files import (
+from tests.harness.deploy_files import (
     DEPLOY, K8S, K8S_DEMO, container, interpolate, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
     load_yaml_docs, mount_path_of, pod_spec,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from deploy_stack import NGINX_CONF, nginx_command, render_nginx
+from tests.harness.deploy_stack import NGINX_CONF, nginx_command, render_nginx
 
 
 def test_load_balancer_uses_docker_dns_with_a_short_ttl_over_every_replica():

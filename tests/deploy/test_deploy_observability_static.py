@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import yaml
 
-from deploy_files import DEPLOY, load_yaml, service, service_volumes
-from deploy_observe import (
+from tests.harness.deploy_files import DEPLOY, load_yaml, service, service_volumes
+from tests.harness.deploy_observe import (
     DASHBOARD, PROMETHEUS_CONF, concrete, dashboard, metric_names, panel_queries, variable_queries,
 )
 

@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from gateway.demo import PORTS, port_free
-from procs import Proc, python_cmd
+from tollgate_demo.demo import PORTS, port_free
+from tests.harness.procs import Proc, python_cmd
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import yaml
 
-from procs import free_port, start_gateway, start_mock_llm
-from stack import write_keys_dir
+from tests.harness.procs import free_port, start_gateway, start_mock_llm
+from tests.harness.stack import write_keys_dir
 
 KEY = "sk-behaviour-key"
 NARROW = "sk-narrow-key"

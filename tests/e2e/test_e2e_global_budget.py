@@ -7,39 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import yaml
 
-from stack import Stack
+from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
+from tests.harness.stack import Stack
 
 BUDGET = 2000
 COMPLETION = 50
 CONCURRENCY = 12
-KEYS = {"sk-load-user": "load", "sk-other-user": "other"}
-
-
-def domain_yaml(limit: int) -> str:
-    return yaml.safe_dump({"domain": "token-budgets", "descriptors": [
-        {"key": "user_id", "value": "load", "rate_limit": {"unit": "day", "requests_per_unit": limit}},
-        {"key": "user_id", "value": "other", "rate_limit": {"unit": "day", "requests_per_unit": 10**9}},
-    ]})
-
-
-def gateway_config(stack: Stack, enforcement: str, failure_mode: str = "failClosed") -> dict:
-    return {
-        "llm": {
-            "port": "@PORT@",
-            "policies": {
-                "apiKey": {"keys": [{"key": k, "metadata": {"user_id": u}} for k, u in KEYS.items()]},
-                "remoteRateLimit": {
-                    "host": stack.ratelimit_host, "domain": "token-budgets", "failureMode": failure_mode,
-                    "descriptors": [{"entries": [{"key": "user_id", "value": "apiKey.user_id"}],
-                                     "type": "tokens", "enforcement": enforcement}],
-                },
-            },
-            "models": [{"name": "*", "provider": "openAI",
-                        "params": {"apiKey": "sk-up", "baseUrl": stack.mock_url}}],
-        },
-    }
 
 
 def make_stack(tmp_path, enforcement: str, replicas: int = 3, failure_mode: str = "failClosed") -> Stack:
@@ -188,13 +162,6 @@ def test_redis_restart_reloads_scripts(soft):
             break
         time.sleep(0.1)
     assert r.status_code == 200, r.text
-
-
-def remote_remaining(stack: Stack, user: str) -> int:
-    r = httpx.post(f"http://{stack.ratelimit_host}/json", json={
-        "domain": "token-budgets",
-        "descriptors": [{"entries": [{"key": "user_id", "value": user}], "hits_addend": 0}]})
-    return int(r.json()["statuses"][0].get("limitRemaining", 0))
 
 
 def test_refused_requests_are_never_charged(tmp_path):

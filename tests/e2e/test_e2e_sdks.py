@@ -5,7 +5,7 @@ import openai
 import pytest
 import yaml
 
-from procs import free_port, start_gateway, start_mock_llm
+from tests.harness.procs import free_port, start_gateway, start_mock_llm
 
 UPSTREAM_KEY = "sk-upstream-sdk-secret"
 ANTHROPIC_UPSTREAM_KEY = "sk-ant-upstream-secret"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from procs import free_port, start_gateway, start_mock_llm
+from tests.harness.procs import free_port, start_gateway, start_mock_llm
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789"
 ALICE = "sk-alice-abc123def456"

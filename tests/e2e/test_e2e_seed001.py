@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack import Stack, write_keys_dir
+from tests.harness.stack import Stack, write_keys_dir
 
 SEED_CONFIGMAP = (Path(__file__).resolve().parent.parent / "ratelimit" / "data" / "seed001-configmap.yaml")
 MIKE = "sk-mike-key"

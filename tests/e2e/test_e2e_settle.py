@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from stack import Stack
-from test_e2e_global_budget import domain_yaml, gateway_config, remote_remaining
+from tests.harness.stack import Stack
+from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
 
 STREAM = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 

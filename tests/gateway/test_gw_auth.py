@@ -1,11 +1,9 @@
 """Virtual key authentication: digests only, modes, header locations, model globs."""
 
-import time
-
 import pytest
 from starlette.datastructures import Headers
 
-from gateway.auth import ApiKeyPolicy, AuthError, KeyStore, key_digest
+from gateway.policies.apikey import ApiKeyPolicy, AuthError, KeyStore, key_digest
 
 
 def store_with(*keys: tuple[str, dict, list | None]) -> KeyStore:
@@ -78,7 +76,6 @@ def test_permissive_never_refuses_but_still_identifies():
 def test_default_location_also_reads_anthropic_x_api_key():
     policy = bearer()
     assert policy.authenticate(h(x_api_key="sk-alice")).metadata["user"] == "alice"
-    assert policy.credential_headers == ("authorization", "x-api-key")
     # The configured header wins when both are sent.
     with pytest.raises(AuthError):
         policy.authenticate(h(authorization="Bearer nope", x_api_key="sk-alice"))
@@ -87,7 +84,6 @@ def test_default_location_also_reads_anthropic_x_api_key():
 def test_custom_header_without_prefix():
     policy = ApiKeyPolicy("strict", "x-api-key", "", STORE)
     assert policy.authenticate(h(x_api_key="sk-alice")).metadata["user"] == "alice"
-    assert policy.credential_header == "x-api-key"
     with pytest.raises(AuthError, match="missing API key"):
         policy.authenticate(h(authorization="Bearer sk-alice"))
 
@@ -97,18 +93,3 @@ def test_allowed_models_globs():
     assert bob.allows("gpt-4o") and bob.allows("gpt-4o-mini") and bob.allows("claude-3-haiku")
     assert not bob.allows("gpt-3.5-turbo") and not bob.allows("claude-3-haiku-2")
     assert STORE.find("sk-alice").allows("anything")
-
-
-def test_authenticate_is_fast():
-    store = KeyStore()
-    for i in range(10_000):
-        store.add(key_digest(f"sk-{i}"), {"user": str(i)})
-    policy = bearer(store=store)
-    headers = h(authorization="Bearer sk-9999")
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        policy.authenticate(headers)
-    per_call = (time.perf_counter() - start) / n
-    print(f"authenticate with 10k keys: {per_call * 1e6:.2f} us")
-    assert per_call < 20e-6

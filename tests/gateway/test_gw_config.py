@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from starlette.datastructures import Headers
 
-from gateway.cel import build_activation
+from gateway.cel import Activation
 from gateway.config import load
 
 DATA = Path(__file__).parent / "data"
@@ -98,16 +98,16 @@ def test_seed001_deployment_shape(monkeypatch):
     assert mike.metadata == {"user_id": "mike"} and mike.allowed_models is None
     assert alice.allows("claude-sonnet-5") and not alice.allows("gpt-4o")
 
-    (rule,) = route.policies.remote_rate_limit
-    policy = rule.policy
-    assert (policy.host, policy.domain, policy.failure_mode) == ("ratelimit.ratelimit:8081", "token-budgets", "failClosed")
+    ((condition, policy),) = route.policies.remote_rate_limit.rules
+    assert (policy.service, policy.domain, policy.failure_mode) == ("ratelimit.ratelimit:8081", "token-budgets",
+                                                                    "failClosed")
     (descriptor,) = policy.descriptors
-    assert descriptor.type == "tokens" and descriptor.enforcement == "soft"
+    assert descriptor.limit_type == "tokens" and policy.enforcement_of(descriptor) == "soft"
     (entry,) = descriptor.entries
-    assert entry.key == "user_id"
-    assert rule.condition.test(build_activation(mike.metadata)) is True
-    assert rule.condition.test(build_activation(alice.metadata)) is False
-    assert entry.value.evaluate(build_activation(mike.metadata)) == "mike"
+    assert entry.entry_key == "user_id"
+    assert condition.test(Activation(mike.metadata)) is True
+    assert condition.test(Activation(alice.metadata)) is False
+    assert entry.entry_value.evaluate(Activation(mike.metadata)) == "mike"
     assert config.watch_paths == ((DATA / "seed001_gateway.yaml").absolute(), (DATA / "seed001_keys").absolute())
 
 
@@ -115,8 +115,8 @@ def test_every_standalone_field():
     config = load(DATA / "standalone_full.yaml")
     assert config.admin_addr == "127.0.0.1:15001"
     assert config.max_body_bytes == 1024 * 1024
-    assert config.model_catalog["gpt-4o-mini"].output_per_million == 0.6
-    assert config.metrics_fields["user_id"].evaluate(build_activation({"user_id": "u1"})) == "u1"
+    assert config.model_catalog["gpt-4o-mini"].output == 0.6
+    assert config.metrics_fields["user_id"].evaluate(Activation({"user_id": "u1"})) == "u1"
     (listener,) = config.listeners
     # Longest prefix first, one Route per match, sharing the route's name.
     assert [(r.path_prefix, r.name) for r in listener.routes] == [
@@ -132,19 +132,20 @@ def test_every_standalone_field():
     one = p.api_key.authenticate(Headers({"x-api-key": "sk-one"}))
     assert one.metadata == {"user_id": "one", "tier": "gold"} and one.allows("gpt-4o-mini")
     assert p.api_key.authenticate(Headers({"x-api-key": ""})) is None  # keyHash of "" never matches a sent key
-    assert [(lim.max_tokens, lim.tokens_per_fill, lim.fill_interval, lim.type) for lim in p.local_rate_limits] == [
+    assert [(lim.max_tokens, lim.fill, lim.fill_interval, lim.type) for lim in p.local_rate_limits] == [
         (100, 100, 60.0, "tokens"), (5, 1, 0.5, "requests")]
-    (rule,) = p.remote_rate_limit
-    assert rule.condition is None
-    assert (rule.policy.host, rule.policy.failure_mode, rule.policy.timeout) == ("127.0.0.1:8080", "failOpen", 0.25)
-    hard, soft = rule.policy.descriptors
-    assert (hard.type, hard.enforcement, soft.type, soft.enforcement) == ("tokens", "hard", "requests", "soft")
-    llm = build_activation(None).with_llm({"inputTokens": 3, "outputTokens": 4})
+    ((condition, policy),) = p.remote_rate_limit.rules
+    assert condition is None
+    assert (policy.service, policy.failure_mode, policy.timeout) == ("127.0.0.1:8080", "failOpen", 0.25)
+    hard, soft = policy.descriptors
+    assert (hard.limit_type, policy.enforcement_of(hard), soft.limit_type, policy.enforcement_of(soft)) == (
+        "tokens", "hard", "requests", "soft")
+    llm = Activation(None, llm={"inputTokens": 3, "outputTokens": 4})
     assert hard.cost.evaluate(llm) == 11
 
 
 def test_key_hash_authenticates_like_the_key(tmp_path):
-    from gateway.auth import key_digest
+    from gateway.policies.apikey import key_digest
     path = write(tmp_path, f"""
 llm:
   policies:
@@ -260,7 +261,7 @@ llm:
     config = load(path)
     route = only_route(config)
     assert config.listeners[0].port == 4000 and route.name == "llm" and route.path_prefix == "/"
-    assert route.policies.api_key is None and route.policies.remote_rate_limit == ()
+    assert route.policies.api_key is None and route.policies.remote_rate_limit is None
     gpt, claude = route.backends
     assert (gpt.name, gpt.model, gpt.base_url) == ("gpt-4o", "gpt-4o-2024-08-06", "http://localhost:8000")
     assert (claude.name, claude.provider, claude.base_url) == ("claude-*", "anthropic", "https://api.anthropic.com")
@@ -330,12 +331,12 @@ llm:
               unit: Requests
   models: [{name: "*", provider: openAI}]
 """)
-    free, rest = only_route(load(path)).policies.remote_rate_limit
-    assert (free.policy.host, free.policy.domain, free.policy.descriptors[0].type) == ("rl:8080", "free", "tokens")
-    assert (rest.policy.host, rest.policy.domain) == ("ratelimit:8081", "everyone")
-    assert (rest.policy.descriptors[0].type, rest.policy.descriptors[0].enforcement) == ("requests", "hard")
-    assert rest.condition.test(build_activation(None)) is True
-    assert free.condition.test(build_activation({"tier": "free"})) is True
+    (free_if, free), (rest_if, rest) = only_route(load(path)).policies.remote_rate_limit.rules
+    assert (free.service, free.domain, free.descriptors[0].limit_type) == ("rl:8080", "free", "tokens")
+    assert (rest.service, rest.domain) == ("ratelimit:8081", "everyone")
+    assert (rest.descriptors[0].limit_type, rest.enforcement_of(rest.descriptors[0])) == ("requests", "hard")
+    assert rest_if.test(Activation(None)) is True
+    assert free_if.test(Activation({"tier": "free"})) is True
 
 
 def test_config_path_may_be_a_symlink_swapped_like_a_configmap(tmp_path):

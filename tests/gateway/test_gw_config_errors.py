@@ -295,10 +295,10 @@ def test_route_problems(tmp_path):
       backends: []
 """)
     assert ps == [
-        "6: binds[0].listeners[0].routes[0].matches[0].path.pathPrefix: pathPrefix must start with '/', got 'nope'",
+        "6: binds[0].listeners[0].routes[0].matches[0].path.pathPrefix: a path must start with '/', got 'nope'",
         "7: binds[0].listeners[0].routes[0].backends[0].ai: set 'hostOverride' or 'baseUrl', not both",
-        "9: binds[0].listeners[0].routes[0].policies.urlRewrite.path: "
-        "the rewritten path must start with '/', got 'v1/chat'",
+        "9: binds[0].listeners[0].routes[0].policies.urlRewrite.path.replaceFullPath: "
+        "a path must start with '/', got 'v1/chat'",
         "11: binds[0].listeners[0].routes[1].backends: List should have at least 1 item after validation, not 0",
     ]
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from gateway.llm import Dialect, build_upstream, parse_request, response_adapter, translate_error
-from procs import start_mock_llm
+from tests.harness.procs import start_mock_llm
 
 UPSTREAM_KEY = "sk-upstream-only"
 VIRTUAL_KEY = "sk-virtual-client"

@@ -9,7 +9,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.llm import Dialect, build_upstream, parse_request, response_adapter, translate_error
 from gateway.llm.stream import events
-from gateway.mock_llm import Plan, anthropic_events, openai_events
+from tollgate_demo.mock_llm import Plan, anthropic_events, openai_events
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 PROMPT, COMPLETION = 11, 17

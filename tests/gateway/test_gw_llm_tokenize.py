@@ -10,7 +10,7 @@ import tiktoken.load
 
 from gateway.llm import Dialect, estimate_tokens, parse_request
 from gateway.llm import tokenize
-from gateway.mock_llm import honest_count
+from tollgate_demo.mock_llm import honest_count
 
 PROSE = ("The gateway estimates a prompt before it is sent, so that a request whose estimate does not "
          "fit the remaining budget is refused without reaching the upstream provider at all. ") * 8

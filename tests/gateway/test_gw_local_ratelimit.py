@@ -1,7 +1,24 @@
 """The per-replica token bucket: agentgateway's fill rules, plus debt."""
 
-from gateway.config.runtime import LocalLimit
-from gateway.policies.local_ratelimit import LocalLimiter, TokenBucket
+import asyncio
+
+import pytest
+
+from gateway.cel import Activation
+from gateway.llm import Usage
+from gateway.policies.budget import BudgetExceeded, Demand
+from gateway.policies.local_ratelimit import LocalLimiter, LocalRateLimit, TokenBucket
+
+
+def limit(max_tokens, per_fill, interval, type_="tokens") -> LocalRateLimit:
+    return LocalRateLimit.model_validate(
+        {"maxTokens": max_tokens, "tokensPerFill": per_fill, "fillInterval": interval, "type": type_})
+
+
+def admit(limiter: LocalLimiter, limits, estimate: int):
+    """One request on route "r" with these limits and this prompt estimate."""
+    demand = Demand(route="r", activation=Activation(), estimate=estimate, input_bound=0, max_output=None)
+    return asyncio.run(limiter.admit(limits, demand))
 
 
 class Clock:
@@ -14,7 +31,7 @@ class Clock:
 
 def bucket(max_tokens=10, per_fill=1, interval=60.0, type_="tokens"):
     clock = Clock()
-    return TokenBucket(LocalLimit(max_tokens, per_fill, interval, type_), clock), clock
+    return TokenBucket(limit(max_tokens, per_fill, interval, type_), clock), clock
 
 
 def test_starts_full_and_fills_whole_intervals():
@@ -50,37 +67,40 @@ def test_full_bucket_does_not_bank_time():
     assert not b.can_take(10)  # the first fill comes 60 s after the take, not at once
 
 
-def test_reserve_is_all_or_nothing_and_settle_replaces_estimate():
+def test_admission_is_all_or_nothing_and_settle_replaces_the_estimate():
     limiter = LocalLimiter()
-    limits = (LocalLimit(100, 100, 60, "tokens"), LocalLimit(2, 2, 60, "requests"))
-    buckets = limiter.buckets("r", limits)
-    refusal, charges = limiter.reserve(buckets, 40)
-    assert refusal is None
-    limiter.settle(charges, 70)  # real usage 70 replaces the 40 reserved
-    assert buckets[0].verdict(True).remaining == 30
-    refusal, _ = limiter.reserve(buckets, 31)  # does not fit the tokens bucket
-    assert refusal is not None and "tokens" in refusal.tripped
-    assert buckets[1].verdict(True).remaining == 1  # the requests bucket was not charged
-    assert limiter.reserve(buckets, 0)[0] is None
-    refusal, _ = limiter.reserve(buckets, 0)
-    assert refusal is not None and "requests" in refusal.tripped
+    limits = (limit(100, 100, 60, "tokens"), limit(2, 2, 60, "requests"))
+    tokens, requests = limiter.buckets("r", limits)
+    hold = admit(limiter, limits, 40)
+    hold.settle(Usage(30, 40))  # real usage 70 replaces the 40 reserved
+    assert tokens.verdict(True).remaining == 30 and hold.remaining_tokens() == 30
+    with pytest.raises(BudgetExceeded) as refused:  # does not fit the tokens bucket
+        admit(limiter, limits, 31)
+    assert "tokens" in refused.value.verdict.tripped
+    assert requests.verdict(True).remaining == 1  # the requests bucket was not charged
+    admit(limiter, limits, 0)
+    with pytest.raises(BudgetExceeded) as refused:
+        admit(limiter, limits, 0)
+    assert "requests" in refused.value.verdict.tripped
 
 
 def test_buckets_survive_reload_unless_their_limit_changes():
     limiter = LocalLimiter()
-    limits = (LocalLimit(10, 1, 60, "tokens"),)
+    limits = (limit(10, 1, 60, "tokens"),)
     first = limiter.buckets("route0", limits)[0]
     first.take(10)
     assert limiter.buckets("route0", limits)[0] is first
-    changed = limiter.buckets("route0", (LocalLimit(20, 1, 60, "tokens"),))[0]
+    changed = limiter.buckets("route0", (limit(20, 1, 60, "tokens"),))[0]
     assert changed is not first and changed.can_take(20)
 
 
-def test_refund_hands_back_request_counts_and_tokens():
+def test_release_hands_back_request_counts_and_tokens():
     limiter = LocalLimiter()
-    buckets = limiter.buckets("r", (LocalLimit(100, 100, 60, "tokens"), LocalLimit(1, 1, 60, "requests")))
-    refusal, charges = limiter.reserve(buckets, 30)
-    assert refusal is None and limiter.reserve(buckets, 0)[0] is not None  # the one request is taken
-    limiter.refund(charges)
-    assert buckets[0].verdict(True).remaining == 100
-    assert limiter.reserve(buckets, 0)[0] is None  # the request was handed back
+    limits = (limit(100, 100, 60, "tokens"), limit(1, 1, 60, "requests"))
+    tokens, _ = limiter.buckets("r", limits)
+    hold = admit(limiter, limits, 30)
+    with pytest.raises(BudgetExceeded):
+        admit(limiter, limits, 0)  # the one request is taken
+    hold.release()
+    assert tokens.verdict(True).remaining == 100
+    admit(limiter, limits, 0)  # the request was handed back

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from procs import start_mock_llm
+from tests.harness.procs import start_mock_llm
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 HELLO_TOKENS = 9  # 3 framing + 1 role + 2 ("Hello", "!") + 3 reply priming

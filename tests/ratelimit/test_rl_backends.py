@@ -4,8 +4,8 @@ import uuid
 
 import httpx
 import pytest
-from procs import free_port, start_redis
-from rl_procs import call, descriptor, metric, start_service
+from tests.harness.procs import free_port, start_redis
+from tests.harness.ratelimit import call, descriptor, metric, start_service
 
 CONFIG = "domain: d\ndescriptors:\n  - key: user_id\n    rate_limit: {unit: hour, requests_per_unit: 3}\n"
 

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from rl_procs import descriptor, metric, start_service
+from tests.harness.ratelimit import descriptor, metric, start_service
 
 CONFIG = "domain: d\ndescriptors:\n  - key: user_id\n    rate_limit: {unit: hour, requests_per_unit: 100}\n"
 ITEMS = 1000

@@ -6,12 +6,12 @@ import uuid
 import httpx
 import pytest
 import redis
-from rl_procs import call, descriptor, metric, serving
+from tests.harness.ratelimit import call, descriptor, metric, serving
 
 from ratelimit_service.batch import run_batch
 from ratelimit_service.config import load_texts
 from ratelimit_service.limiter import RESERVE, Check, Limiter, LimiterError, bucket_key, load_script
-from ratelimit_service.resp import PipelinedRedis
+from ratelimit_service.redis_client import PipelinedRedis
 from ratelimit_service.service import Service
 from ratelimit_service.stats import Stats
 

@@ -4,7 +4,7 @@ import os
 import textwrap
 
 import pytest
-from rl_procs import DATA
+from tests.harness.ratelimit import DATA
 
 from ratelimit_service.config import ConfigError, load_dir, load_texts
 from ratelimit_service.match import runtime_key

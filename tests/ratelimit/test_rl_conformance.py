@@ -2,7 +2,7 @@
 
 The matching table and cases follow envoy's README examples, config tests and
 integration tests; the config is tests/ratelimit/data/conformance.yaml plus the
-seed 001 ConfigMap manifest, loaded as-is.
+ConfigMap manifest of agentgateway's Kubernetes virtual-keys example, loaded as-is.
 """
 
 import shutil
@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import pytest
-from rl_procs import DATA, call, descriptor, metric, start_service
+from tests.harness.ratelimit import DATA, call, descriptor, metric, start_service
 
 D = "conformance"
 

@@ -5,7 +5,7 @@ import uuid
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rl_procs import call, descriptor, metric, serving, wait_until
+from tests.harness.ratelimit import call, descriptor, metric, serving, wait_until
 
 CONFIG = """
 domain: tokens

@@ -5,10 +5,10 @@ import time
 import uuid
 
 import pytest
-from procs import free_port, start_redis
+from tests.harness.procs import free_port, start_redis
 
 from ratelimit_service.limiter import JSON, RESERVE, SETTLE, Check, Limiter, LimiterError, MemoryBackend
-from ratelimit_service.resp import PipelinedRedis
+from ratelimit_service.redis_client import PipelinedRedis
 
 YEAR = 365 * 86400
 

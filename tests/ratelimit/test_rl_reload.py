@@ -6,8 +6,8 @@ import sys
 import uuid
 
 import pytest
-from procs import REPO, free_port
-from rl_procs import call, descriptor, metric, start_service, wait_until
+from tests.harness.procs import REPO, free_port
+from tests.harness.ratelimit import call, descriptor, metric, start_service, wait_until
 
 RELOAD_SECONDS = 2.0
 

@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from rl_procs import call, descriptor, serving
+from tests.harness.ratelimit import call, descriptor, serving
 
 CONFIG = """
 domain: tokens

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import yaml
 
-from deploy_files import DEPLOY
-from procs import Proc, free_port
+from tests.harness.deploy_files import DEPLOY
+from tests.harness.procs import Proc, free_port
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tollgate.json"
 PROMETHEUS_CONF = DEPLOY / "prometheus" / "prometheus.yml"

@@ -1,4 +1,4 @@
-"""The process-wide state of one gateway replica.
+"""One gateway replica: its config, and what lives as long as the process.
 
 The config is swapped as a whole on reload; a request reads it once at its start, so
 it sees one consistent config from auth to settle.
@@ -6,28 +6,25 @@ it sees one consistent config from auth to settle.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from gateway.accounting import Accounting
 from gateway.config.runtime import GatewayConfig, Listener, Route
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit_client import RateLimitClient
 from gateway.upstream import Upstream
 
 log = logging.getLogger("tollgate")
 
 
-class Gateway:
+class Replica:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = GatewayMetrics()
         self.upstream = Upstream()
-        self.accounting = Accounting(self.metrics)
+        self.ratelimit = RateLimitClient()
+        self.accounting = Accounting(self.metrics, self.ratelimit)
         self.ready = False
-        self.label_cache: dict[str, dict[str, str]] = {}
-        self.labels_per_key = self._labels_per_key(config)
-        # Work that outlives its response (draining abandoned streams); awaited at shutdown.
-        self._background: set[asyncio.Task] = set()
 
     def reload(self, config: GatewayConfig) -> None:
         old_ports = {lst.port for lst in self.config.listeners}
@@ -36,15 +33,9 @@ class Gateway:
             log.warning("listener ports changed (%s -> %s): takes effect on restart",
                         sorted(old_ports), sorted(new_ports))
         self.config = config
-        self.labels_per_key = self._labels_per_key(config)
-        self.label_cache = {}
+        for warning in config.warnings:
+            log.warning("%s", warning)
         log.info("config reloaded from %s", config.source)
-
-    @staticmethod
-    def _labels_per_key(config: GatewayConfig) -> bool:
-        """Metric labels that read only `apiKey.*` are the same for every call of a key."""
-        return not any(word in expr.source for expr in config.metrics_fields.values()
-                       for word in ("request", "llm"))
 
     def listener(self, port: int) -> Listener | None:
         for lst in self.config.listeners:
@@ -62,16 +53,11 @@ class Gateway:
                 return route
         return None
 
-    def spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def start(self) -> None:
         await self.upstream.start()
 
-    async def close(self, timeout: float = 30.0) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=timeout)
-        await self.accounting.close()
+    async def close(self) -> None:
+        """Flushes pending settles, then drops every kept-alive connection."""
+        await self.ratelimit.close()
         await self.upstream.close()
+        self.metrics.shutdown()

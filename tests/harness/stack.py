@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from procs import GatewayProc, Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
+from tests.harness.procs import GatewayProc, Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
 
 UPSTREAM_KEY = "sk-ant-upstream-e2e-secret"
 

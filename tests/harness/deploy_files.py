@@ -23,7 +23,7 @@ K8S = DEPLOY / "k8s"
 K8S_DEMO = DEPLOY / "k8s-demo"
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-K8S_SCHEMAS = Path(__file__).with_name("schemas") / "k8s-strict.json"
+K8S_SCHEMAS = REPO / "tests" / "deploy" / "schemas" / "k8s-strict.json"
 
 
 def load_yaml(path: Path) -> Any:

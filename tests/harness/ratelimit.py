@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from procs import Proc, free_port, python_cmd
+from tests.harness.procs import Proc, free_port, python_cmd
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "ratelimit" / "data"
 
 
 def start_service(config_dir: Path, redis_url: str, *extra: str) -> tuple[Proc, str]:

@@ -35,8 +35,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.errors import error_body
-from gateway.llm.base import BadRequest, Dialect, LLMRequest, to_json
-from gateway.llm.request import parse_request
+from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.parse import parse_request
 from gateway.llm.stream import DONE, frame
 from gateway.llm.tokenize import count_prompt
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from deploy_files import (
+from tests.harness.deploy_files import (
     DEPLOY, REPO, healthcheck_command, image_file, service, service_environment, service_volumes,
 )
-from procs import Proc, free_port, redis_server_binary
+from tests.harness.procs import Proc, free_port, redis_server_binary
 
 NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
 NGINX_UPSTREAM = re.compile(r"^(?P<indent>[ \t]*)server[ \t]+gateway:4000(?P<params>[^;]*);[ \t]*$", re.M)

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.config.runtime import RemotePolicy
 from gateway.http1 import HTTPError, Pool
-from gateway.policies.remote_ratelimit import Status, parse_status
 
 log = logging.getLogger("tollgate.remote")
 
@@ -114,7 +112,9 @@ class Channel:
         return status, body
 
 
-class RemoteClient:
+class RateLimitClient:
+    """Every rate-limit service this replica calls, one channel per host."""
+
     def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
         self._pending: set[asyncio.Future] = set()  # settles not yet delivered
@@ -125,14 +125,11 @@ class RemoteClient:
             channel = self._channels[host] = Channel(host)
         return channel
 
-    async def reserve(self, policy: RemotePolicy, descriptors: list[dict]) -> tuple[bool, list[Status], int | None]:
-        """(admitted, per-descriptor statuses, elastic grant)."""
-        status, body = await self._channel(policy.host).submit("reserve", policy.domain, descriptors, policy.timeout)
-        statuses = [parse_status(s) for s in body.get("statuses", [])]
-        granted = body.get("granted")
-        return status == 200, statuses, int(granted) if granted is not None else None
+    async def reserve(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> tuple[int, dict]:
+        """(HTTP status, reply body): 200 admitted, 429 refused; raises RemoteUnavailable."""
+        return await self._channel(host).submit("reserve", domain, descriptors, timeout)
 
-    def settle(self, policy: RemotePolicy, descriptors: list[dict]) -> None:
+    def settle(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> None:
         """Queues an adjustment; it is retried until the service takes it.
 
         Callbacks rather than a task per settle: this runs for every request.
@@ -140,14 +137,13 @@ class RemoteClient:
         delivered = asyncio.get_running_loop().create_future()
         self._pending.add(delivered)
         delivered.add_done_callback(self._pending.discard)
-        self._attempt(policy, descriptors, delivered, 0.05)
+        self._attempt(host, domain, descriptors, max(timeout, SETTLE_TIMEOUT), delivered, 0.05)
 
-    def _attempt(self, policy: RemotePolicy, descriptors: list[dict], delivered: asyncio.Future,
-                 delay: float) -> None:
+    def _attempt(self, host: str, domain: str, descriptors: list[dict], timeout: float,
+                 delivered: asyncio.Future, delay: float) -> None:
         if delivered.done():  # given up at shutdown
             return
-        attempt = self._channel(policy.host).submit(
-            "settle", policy.domain, descriptors, max(policy.timeout, SETTLE_TIMEOUT))
+        attempt = self._channel(host).submit("settle", domain, descriptors, timeout)
 
         def finished(f: asyncio.Future) -> None:
             error = f.exception()
@@ -155,9 +151,10 @@ class RemoteClient:
                 if not delivered.done():
                     delivered.set_result(None)
                 return
-            log.warning("settle for %s not taken, retrying in %.2fs: %s", policy.domain, delay, error)
+            log.warning("settle for %s not taken, retrying in %.2fs: %s", domain, delay, error)
             asyncio.get_running_loop().call_later(
-                delay, self._attempt, policy, descriptors, delivered, min(delay * 2, SETTLE_BACKOFF_MAX))
+                delay, self._attempt, host, domain, descriptors, timeout, delivered,
+                min(delay * 2, SETTLE_BACKOFF_MAX))
 
         attempt.add_done_callback(finished)
 

@@ -20,16 +20,26 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _STARTED: list["Proc"] = []
+# Logs and Redis working directories of this run: one folder, removed at exit (a failing
+# test has already copied the log it needs into its message).
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="tollgate-test-run-"))
 
 
 @atexit.register
 def _reap() -> None:
-    """A test run that dies (timeout, Ctrl-C) must not leave servers behind."""
+    """A test run that dies (timeout, Ctrl-C) must not leave servers or files behind."""
     for proc in _STARTED:
         if proc.alive():
             proc.signal(signal.SIGKILL)
+    for proc in _STARTED:
+        if proc.popen is not None:
+            try:
+                proc.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -50,7 +60,7 @@ class Proc:
     log_path: Path | None = None
 
     def start(self) -> "Proc":
-        fd, path = tempfile.mkstemp(prefix=f"tollgate-{self.name}-", suffix=".log")
+        fd, path = tempfile.mkstemp(prefix=f"{self.name}-", suffix=".log", dir=_RUN_DIR)
         self.log_path = Path(path)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.popen = subprocess.Popen(
@@ -126,7 +136,7 @@ def redis_server_binary() -> str:
 def start_redis(port: int | None = None, appendonly: bool = False, workdir: Path | None = None) -> tuple[Proc, str]:
     """A real redis-server on a free loopback port; returns (proc, url)."""
     port = port or free_port()
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="tollgate-redis-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="redis-", dir=_RUN_DIR))
     args = [
         redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
         "--save", "", "--appendonly", "yes" if appendonly else "no",
@@ -139,7 +149,7 @@ def start_redis(port: int | None = None, appendonly: bool = False, workdir: Path
 def start_mock_llm(port: int | None = None, *extra: str) -> tuple[Proc, str]:
     """The mock upstream; returns (proc, base_url)."""
     port = port or free_port()
-    proc = Proc("mock-llm", python_cmd("gateway.mock_llm", "--port", str(port), *extra)).start()
+    proc = Proc("mock-llm", python_cmd("tollgate_demo.mock_llm", "--port", str(port), *extra)).start()
     proc.wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc, f"http://127.0.0.1:{port}"
 

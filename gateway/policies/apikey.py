@@ -1,8 +1,9 @@
-"""Virtual keys: a store of key digests and the `apiKey` policy that authenticates requests.
+"""`apiKey`: virtual keys, as agentgateway's policy (its schema, key store and authentication).
 
 Keys are hashed with sha256 when the config loads and only the digests are kept, so a
 request costs one sha256 and one dict lookup. Comparing digests through a dict is not a
 timing oracle for the key itself: learning a digest's prefix says nothing about the key.
+The keys come from `keys:` and from `keysDir` files, which the config loader reads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
+from pydantic import JsonValue
+
 from gateway.cel import to_cel
+from gateway.schema import KeyHash, Model, NonEmpty, any_case
 
 Mode = Literal["strict", "optional", "permissive"]
 
@@ -22,6 +26,40 @@ DEFAULT_PREFIX = "Bearer "
 # Anthropic's SDKs send their key in x-api-key; accepted when no location is configured.
 ANTHROPIC_HEADER = "x-api-key"
 
+
+# --- schema ---------------------------------------------------------------------------
+
+class HeaderLocation(Model):
+    name: NonEmpty
+    prefix: str | None = None  # default "Bearer " for authorization, "" otherwise
+
+
+class KeyLocation(Model):
+    header: HeaderLocation
+
+
+class KeyEntry(Model):
+    """One virtual key; also the shape of each file in a keysDir."""
+
+    key: NonEmpty | None = None
+    key_hash: KeyHash | None = None
+    metadata: dict[str, JsonValue] = {}  # JSON only: CEL sees it as apiKey.*
+    allowed_models: list[NonEmpty] | None = None
+    one_of = (("key", "key_hash"),)
+
+    @property
+    def digest(self) -> str:
+        return key_digest(self.key) if self.key is not None else self.key_hash.removeprefix("sha256:")
+
+
+class ApiKey(Model):
+    mode: any_case("strict", "optional", "permissive") = "strict"
+    keys: list[KeyEntry] = []
+    keys_dir: NonEmpty | None = None
+    location: KeyLocation | None = None
+
+
+# --- runtime --------------------------------------------------------------------------
 
 class AuthError(Exception):
     """The request must be refused with 401; the message says what was wrong with the key."""
@@ -72,6 +110,7 @@ class KeyStore:
 
     def add(self, digest: str, metadata: Mapping[str, Any] | None = None,
             allowed_models: Iterable[str] | None = None) -> Identity:
+        """Adds one key by its hex digest; ValueError if the store holds it already."""
         if digest in self._by_digest:
             raise ValueError("duplicate API key")
         identity = Identity(
@@ -100,14 +139,16 @@ class ApiKeyPolicy:
     store: KeyStore
     fallback_headers: tuple[str, ...] = ()  # read (without prefix) when header_name is absent
 
-    @property
-    def credential_header(self) -> str:
-        return self.header_name
-
-    @property
-    def credential_headers(self) -> tuple[str, ...]:
-        """Every header this policy reads: the request path strips them all before going upstream."""
-        return (self.header_name, *self.fallback_headers)
+    @classmethod
+    def build(cls, spec: ApiKey, store: KeyStore) -> "ApiKeyPolicy":
+        """The policy of `spec`, its keys (from `keys:` and keysDir) already in `store`."""
+        if spec.location is None:
+            return cls(spec.mode, DEFAULT_HEADER, DEFAULT_PREFIX, store, (ANTHROPIC_HEADER,))
+        header = spec.location.header.name.lower()
+        prefix = spec.location.header.prefix
+        if prefix is None:
+            prefix = DEFAULT_PREFIX if header == DEFAULT_HEADER else ""
+        return cls(spec.mode, header, prefix, store)
 
     def authenticate(self, headers: Mapping[str, str]) -> Identity | None:
         """`headers` must have a case-insensitive `get` (Starlette's Headers)."""

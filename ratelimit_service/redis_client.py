@@ -11,9 +11,10 @@ alone caps the service well below its target rate.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from urllib.parse import unquote, urlparse
+
+from tollgate_common.netio import ConnectFailed, connect, tls_context
 
 Reply = int | bytes | list | None
 
@@ -197,18 +198,12 @@ class PipelinedRedis:
 
     async def _open(self) -> _Connection:
         parts = self._parts
-        loop = asyncio.get_running_loop()
         try:
-            if parts.scheme == "unix":
-                connect = loop.create_unix_connection(lambda: _Connection(self.timeout), parts.path)
-            else:
-                tls = ssl.create_default_context() if parts.scheme == "rediss" else None
-                connect = loop.create_connection(
-                    lambda: _Connection(self.timeout), parts.hostname or "localhost", parts.port or 6379, ssl=tls
-                )
-            _, conn = await asyncio.wait_for(connect, self.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise RedisUnavailable(f"cannot connect to {self._where()}: {str(e) or 'timed out'}") from None
+            conn = await connect(lambda: _Connection(self.timeout), parts.hostname or "localhost", parts.port or 6379,
+                                 tls=tls_context() if parts.scheme == "rediss" else None, timeout=self.timeout,
+                                 unix_path=parts.path if parts.scheme == "unix" else None)
+        except ConnectFailed as e:
+            raise RedisUnavailable(str(e)) from None
         try:
             await self._handshake(conn)
         except RespError as e:

@@ -1,0 +1,55 @@
+"""One request, from its first byte to its settle: what each step of the path reads and adds.
+
+A call reads the replica's config once, at its start, so it sees one consistent config
+from authentication to settle even when a reload lands meanwhile. Its CEL activation is
+built once, when the request is parsed, and shared by every expression the call
+evaluates: conditions, descriptor values, costs and metric labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.cel import Activation
+
+if TYPE_CHECKING:
+    from starlette.datastructures import Headers
+
+    from gateway.config.runtime import Backend, GatewayConfig, Route
+    from gateway.llm import Dialect, LLMRequest, Usage
+    from gateway.policies.apikey import Identity
+
+
+@dataclass(slots=True)
+class Call:
+    started: float  # perf_counter at the first byte
+    config: "GatewayConfig"
+    route: "Route"
+    dialect: "Dialect"
+    method: str
+    path: str
+    headers: "Headers"
+    identity: "Identity | None" = None
+    req: "LLMRequest | None" = None
+    backend: "Backend | None" = None
+    activation: Activation | None = None
+    # The outcome, for tollgate_requests_total: set by whoever answers.
+    status: int = 200
+    reason: str = "ok"
+
+    def bind(self, req: "LLMRequest", backend: "Backend") -> None:
+        """The parsed request and the backend it goes to; builds the call's activation."""
+        self.req, self.backend = req, backend
+        metadata = self.identity.metadata if self.identity is not None else None
+        self.activation = Activation(metadata, self.method, self.path, self.headers, {"requestModel": req.model})
+
+    @property
+    def model(self) -> str:
+        """The model the call is served by: the client's, else the backend's."""
+        return self.req.model or self.backend.model or self.backend.name
+
+    def observe(self, usage: "Usage") -> None:
+        """Usage is known: `llm.inputTokens` and friends become visible to CEL."""
+        self.activation.update_llm(inputTokens=usage.input_tokens, outputTokens=usage.output_tokens,
+                                   totalTokens=usage.total)

@@ -1,0 +1,1 @@
+"""The Redis Lua scripts, shipped as package data of ratelimit_service (ratelimit_service.lua)."""

@@ -1,0 +1,107 @@
+"""Admission: one owner settles or releases each request's budgets exactly once, whatever happens."""
+
+import pytest
+
+from gateway.accounting import Accounting
+from gateway.llm import Usage
+from gateway.metrics import GatewayMetrics
+from gateway.policies.budget import BudgetExceeded
+from tests.harness.fakes import Budgets, call_for
+
+CONFIG = """
+config:
+  metrics: {fields: {add: {user: apiKey.user_id}}}
+  modelCatalog: {gpt-4o-mini: {input: 1.0, output: 2.0}}
+llm:
+  policies:
+    apiKey: {keys: [{key: sk-mike, metadata: {user_id: mike}}]}
+    localRateLimit: [{maxTokens: 1000, fillInterval: 1h, type: tokens}]
+    remoteRateLimit:
+      host: rl:8080
+      domain: budgets
+      enforcement: %s
+      descriptors: [{entries: [{key: user_id, value: apiKey.user_id}], type: tokens}]
+  models: [{name: "*", provider: openAI, params: {tokenize: true}}]
+"""
+HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
+
+
+@pytest.fixture
+def budgets():
+    return Budgets(**{"user_id=mike": 5000})
+
+
+def setup(tmp_path, budgets, enforcement="soft", body=HELLO):
+    metrics = GatewayMetrics()
+    call = call_for(tmp_path, CONFIG % enforcement, body, key="sk-mike")
+    return Accounting(metrics, budgets), metrics, call
+
+
+def local_remaining(accounting, call) -> int:
+    (bucket,) = accounting.policies[0].buckets(call.route.name, call.route.policies.local_rate_limits)
+    return bucket.verdict(True).remaining
+
+
+async def test_an_exception_before_the_provider_releases_every_hold(tmp_path, budgets):
+    accounting, _, call = setup(tmp_path, budgets)
+    with pytest.raises(RuntimeError):
+        async with await accounting.admit(call):
+            assert local_remaining(accounting, call) < 1000  # the estimate is reserved
+            raise RuntimeError("build_upstream failed")
+    assert local_remaining(accounting, call) == 1000
+    assert budgets.remaining["user_id=mike"] == 5000  # the remote reservation came back too
+
+
+async def test_usage_is_settled_once_however_often_it_is_asked(tmp_path, budgets):
+    accounting, metrics, call = setup(tmp_path, budgets)
+    async with await accounting.admit(call) as admission:
+        admission.usage = Usage(10, 20)
+        admission.settle()
+        admission.settle()  # a stream reports usage, then ends
+    assert budgets.remaining["user_id=mike"] == 5000 - 30
+    assert local_remaining(accounting, call) == 1000 - 30
+    assert len(budgets.settles) == 1
+    text = metrics.render().decode()
+    assert 'tollgate_gen_ai_client_token_usage_sum{gen_ai_request_model="gpt-4o-mini",gen_ai_system="openai",' \
+           'gen_ai_token_type="output",user="mike"} 20.0' in text
+    # Cost from the catalog: 10 x $1 + 20 x $2 per million tokens.
+    assert 'tollgate_gen_ai_client_cost_usd_total{gen_ai_request_model="gpt-4o-mini",gen_ai_system="openai",' \
+           'user="mike"} 5e-05' in text
+
+
+async def test_usage_known_at_exit_is_charged(tmp_path, budgets):
+    accounting, _, call = setup(tmp_path, budgets)
+    async with await accounting.admit(call) as admission:
+        admission.usage = Usage()
+        admission.usage.input_tokens, admission.usage.output_tokens = 7, 3  # a stream that broke off
+    assert budgets.remaining["user_id=mike"] == 5000 - 10
+
+
+async def test_a_remote_refusal_hands_the_local_reservation_back(tmp_path):
+    budgets = Budgets(**{"user_id=mike": 0})
+    accounting, _, call = setup(tmp_path, budgets, "hard")
+    with pytest.raises(BudgetExceeded) as refused:
+        await accounting.admit(call)
+    assert "user_id=mike" in refused.value.verdict.tripped
+    assert local_remaining(accounting, call) == 1000
+
+
+async def test_a_hard_budget_without_max_tokens_caps_the_output_to_what_is_left(tmp_path):
+    budgets = Budgets(**{"user_id=mike": 600})
+    accounting, _, call = setup(tmp_path, budgets, "hard")
+    async with await accounting.admit(call) as admission:
+        (reserve,) = budgets.reserves
+        bound = reserve[0]["hits_addend"] - 1
+        assert admission.max_tokens == 600 - bound  # the whole remaining budget, minus the prompt's bound
+        admission.usage = Usage(8, 40)
+    assert budgets.remaining["user_id=mike"] == 600 - 48
+
+
+async def test_a_hard_budget_with_max_tokens_reserves_bound_plus_cap(tmp_path, budgets):
+    accounting, _, call = setup(tmp_path, budgets, "hard", {**HELLO, "max_tokens": 100})
+    async with await accounting.admit(call) as admission:
+        (reserve,) = budgets.reserves
+        assert "max_hits" not in reserve[0] and reserve[0]["hits_addend"] > 100
+        assert admission.max_tokens is None  # the client's own cap stands
+        assert admission.headers() == {"x-ratelimit-remaining-tokens": str(min(
+            5000 - reserve[0]["hits_addend"], local_remaining(accounting, call)))}
