@@ -43,7 +43,7 @@ def test_kustomization_lists_every_manifest_in_the_directory():
     assert kustomization(K8S)["namespace"] == "tollgate"
     assert {k["kind"] for _, k in OBJECTS} >= {
         "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service",
-        "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+        "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "Ingress"}
 
 
 def objects(kind: str) -> list[dict]:
@@ -60,9 +60,11 @@ def test_workloads_have_probes_resources_and_run_as_non_root():
         name = doc["metadata"]["name"]
         assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
         assert pod_spec(doc)["securityContext"]["runAsNonRoot"] is True, name
+        for c in pod_spec(doc)["containers"] + pod_spec(doc).get("initContainers", []):
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{name}/{c['name']}: {bound}"
         for c in pod_spec(doc)["containers"]:
             assert c.get("readinessProbe") and c.get("livenessProbe"), f"{name}/{c['name']}: probes"
-            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], f"{name}: resources"
             port_names = {p["name"] for p in c.get("ports", [])}
             for probe in (c["readinessProbe"], c["livenessProbe"]):
                 port = (probe.get("httpGet") or probe.get("tcpSocket") or {}).get("port")
