@@ -126,7 +126,9 @@ class Image:
 def build_image(tag: str, say: Say) -> Image:
     previous = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
     started = time.monotonic()
-    code, output = stream(["docker", "build", "-t", tag, str(REPO)], say, lambda line: line.startswith("Step "))
+    # "Step n/m" from the classic builder, "#n [stage k/m]" from BuildKit's plain progress.
+    steps = re.compile(r"Step \d+/\d+ :|#\d+ \[")
+    code, output = stream(["docker", "build", "-t", tag, str(REPO)], say, steps.match)
     if code != 0:
         raise DockerError(f"docker build failed (exit {code}):\n{output[-6000:]}")
     seconds = time.monotonic() - started
@@ -240,7 +242,7 @@ class ComposeProject:
 
     @property
     def version(self) -> str:
-        return run([*self.command, "version", "--short"], check=False).stdout.strip().splitlines()[0]
+        return (run([*self.command, "version", "--short"], check=False).stdout.strip().splitlines() or ["?"])[0]
 
     def environment(self) -> dict[str, str]:
         """The caller's environment minus what would change the stack: variables the
@@ -274,19 +276,20 @@ class ComposeProject:
         return found
 
     def down(self) -> list[str]:
-        """`down -v`; then removes by label whatever it left. Returns what was left."""
+        """`down -v`; then removes by label whatever it left. Returns what went wrong."""
         if self.down_done:
             return []
         self.down_done = True
+        problems = []
         try:
             self("down", "-v", "--remove-orphans", "-t", "5", timeout=180)
-        except DockerError:
-            pass
+        except DockerError as e:
+            problems.append(str(e)[-2000:])
         left = self.leftovers()
         for item in left:  # containers first: volumes and networks in use cannot go
             kind, ident = item.split(" ", 1)
             docker(kind, "rm", *(["-f"] if kind != "network" else []), ident, check=False)
-        return left
+        return problems + left
 
 
 class Steps:

@@ -85,8 +85,8 @@ def stack(image, steps, request, tmp_path_factory):
     finally:
         if request.session.testsfailed > failed_before:
             steps.say("a step failed; the stack's logs:\n" + project.logs())
-        left = project.down()
-        steps.say(f"down -v: project {project.name} removed" + (f" (and by label: {left})" if left else ""))
+        problems = project.down()
+        steps.say(f"down -v: project {project.name} removed" + (f" (after: {problems})" if problems else ""))
 
 
 # --- the image ---------------------------------------------------------------------
