@@ -39,7 +39,9 @@ RUN groupadd --system --gid 10001 tollgate \
     && useradd --system --uid 10001 --gid tollgate --no-create-home --shell /usr/sbin/nologin tollgate
 USER 10001:10001
 
-EXPOSE 4000 15000 8080
+# What the default command (a gateway replica) listens on: LLM traffic and admin.
+# The other commands listen where their --port says (compose and k8s publish them).
+EXPOSE 4000 15000
 
 # Default target: a gateway's readiness endpoint. Compose and Kubernetes give each
 # service its own check (the rate-limit service: http://127.0.0.1:8080/healthcheck).

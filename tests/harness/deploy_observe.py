@@ -42,10 +42,10 @@ def variable_queries() -> list[str]:
     return out
 
 
-def concrete(expr: str) -> str:
-    """A panel query with Grafana's variables expanded: built-ins as above, the
-    dashboard's own template variables as their `allValue` (all series)."""
-    for name, value in GRAFANA_VARIABLES.items():
+def concrete(expr: str, builtins: dict[str, str] = GRAFANA_VARIABLES) -> str:
+    """A panel query with Grafana's variables expanded: built-ins as given (default as
+    above), the dashboard's own template variables as their `allValue` (all series)."""
+    for name, value in builtins.items():
         expr = expr.replace(name, value)
     for var in dashboard()["templating"]["list"]:
         expr = expr.replace(f"${var['name']}", var.get("allValue", ".*"))

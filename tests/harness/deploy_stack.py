@@ -8,8 +8,9 @@ explicitly, and only that:
 - bind mounts: each is a fresh copy of the repository directory (so tests may edit it);
 - listen ports: containers all listen on the same ports; local replicas cannot, so each
   gets free ports (`--port` arguments; the gateway's `llm.port` and `config.adminAddr`);
-- nginx: the `server gateway:4000 resolve` line (Docker DNS: one address per replica)
-  becomes one `server` line per local replica (see render_nginx).
+- nginx: the upstream variable, `gateway:4000` resolved through Docker's DNS (one
+  address per replica), names an upstream block of the local replicas instead (see
+  render_nginx).
 Readiness is the compose healthcheck itself, run with the same mapping.
 """
 
@@ -34,7 +35,8 @@ from tests.harness.deploy_files import (
 from tests.harness.procs import Proc, free_port, redis_server_binary
 
 NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
-NGINX_UPSTREAM = re.compile(r"^(?P<indent>[ \t]*)server[ \t]+gateway:4000(?P<params>[^;]*);[ \t]*$", re.M)
+NGINX_UPSTREAM = re.compile(r"^(?P<indent>[ \t]*)set[ \t]+\$tollgate_gateway[ \t]+gateway:4000;[ \t]*$", re.M)
+LOCAL_UPSTREAM = "tollgate_local_replicas"
 NGINX_LISTEN = re.compile(r"^(?P<indent>[ \t]*)listen[ \t]+4000;", re.M)
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -71,20 +73,22 @@ def localize(text: str, addresses: dict[str, str]) -> str:
 def render_nginx(workdir: Path, listen_port: int, replicas: list[str]) -> Path:
     """deploy/nginx/nginx.conf for local processes.
 
-    Changes, and nothing else: the upstream's one DNS-resolved server line becomes one
-    line per replica address (same parameters, minus `resolve`, which needs Docker's
-    DNS); `listen 4000` becomes a loopback port; temp paths go under `workdir` so an
-    unprivileged nginx can start.
+    Changes, and nothing else: `set $tollgate_gateway gateway:4000;` (a name Docker's
+    DNS resolves to every replica) names an upstream block of the local replica
+    addresses instead, so `proxy_pass http://$tollgate_gateway;` stays as it is;
+    `listen 4000` becomes a loopback port; temp paths go under `workdir` so an
+    unprivileged nginx can start. (The block's round-robin is stricter than the random
+    pick nginx makes among a DNS answer's addresses; docs/deploy.md says what differs.)
     """
     text = NGINX_CONF.read_text()
     (match,) = list(NGINX_UPSTREAM.finditer(text))
-    params = " ".join(p for p in match["params"].split() if p != "resolve")
-    servers = "\n".join(f"{match['indent']}server {addr} {params};".replace(" ;", ";") for addr in replicas)
-    text = text[:match.start()] + servers + text[match.end():]
+    text = text[:match.start()] + f"{match['indent']}set $tollgate_gateway {LOCAL_UPSTREAM};" + text[match.end():]
+    servers = "".join(f"        server {addr};\n" for addr in replicas)
+    upstream = f"    upstream {LOCAL_UPSTREAM} {{\n{servers}    }}\n"
     text, listens = NGINX_LISTEN.subn(rf"\g<indent>listen 127.0.0.1:{listen_port};", text)
     assert listens == 1, "nginx.conf should have exactly one `listen 4000;`"
     temp = "".join(f"    {d}_temp_path {workdir / d};\n" for d in NGINX_TEMP_DIRS)
-    text = text.replace("http {\n", "http {\n" + temp, 1)
+    text = text.replace("http {\n", "http {\n" + temp + upstream, 1)
     for d in NGINX_TEMP_DIRS:
         (workdir / d).mkdir(mode=0o777, exist_ok=True)
         (workdir / d).chmod(0o777)  # workers may run as `nobody` when the tests run as root

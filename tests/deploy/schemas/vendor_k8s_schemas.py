@@ -21,6 +21,7 @@ KINDS = (
     ("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"),
     ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"),
     ("policy/v1", "PodDisruptionBudget"), ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"), ("networking.k8s.io/v1", "Ingress"),
 )
 OUT = Path(__file__).with_name("k8s-strict.json")
 # Kind files point into _definitions.json; definitions point within it.
