@@ -19,15 +19,20 @@ from typing import Callable
 
 from gateway.call import Call
 from gateway.cel import CelError
-from gateway.llm import Usage, estimate_tokens, upper_bound_tokens
+from gateway.llm import Unbounded, Usage, estimate_tokens, upper_bound_tokens
 from gateway.metrics import GatewayMetrics, Spend
 from gateway.policies.budget import BudgetPolicy, Demand, Hold
 from gateway.policies.local_ratelimit import LocalLimiter
 from gateway.policies.remote_ratelimit import RemoteClient, RemoteLimiter
+from gateway.pricing import usd
+from gateway.upstream import DEFAULT_TIMEOUT
 
 log = logging.getLogger("tollgate.accounting")
 
 SYSTEMS = {"openAI": "openai", "anthropic": "anthropic"}
+# A reservation nobody settles (its replica died) returns to its budget this long after
+# the route's timeout could have ended the call; streams that run longer are kept alive.
+LEASE_MARGIN = 5.0
 
 
 class Admission:
@@ -39,7 +44,7 @@ class Admission:
 
     __slots__ = ("call", "holds", "usage", "settled", "_report")
 
-    def __init__(self, call: Call, holds: list[Hold], report: Callable[[Call, Usage], None]) -> None:
+    def __init__(self, call: Call, holds: list[Hold], report: Callable[[Call, Usage, int | None], None]) -> None:
         self.call = call
         self.holds = holds
         self.usage: Usage | None = None
@@ -53,18 +58,23 @@ class Admission:
         return min(caps) if caps else None
 
     def headers(self) -> dict[str, str]:
-        remaining = [r for h in self.holds if (r := h.remaining_tokens()) is not None]
-        return {"x-ratelimit-remaining-tokens": str(min(remaining))} if remaining else {}
+        """`x-ratelimit-remaining-tokens` / `-requests` / `-usd` (dollars): the least left
+        in each measure's budgets after this request's reservation."""
+        least: dict[str, int] = {}
+        for hold in self.holds:
+            for measure, left in hold.remaining().items():
+                least[measure] = min(least.get(measure, left), left)
+        return {f"x-ratelimit-remaining-{m}": usd(v) if m == "usd" else str(v) for m, v in least.items()}
 
     def settle(self) -> None:
         """Charges `usage` once, and reports the spend; later calls do nothing."""
         if self.settled:
             return
         self.settled = True
-        self.call.observe(self.usage)
+        cost = self.call.observe(self.usage)
         for hold in self.holds:
             hold.settle(self.usage)
-        self._report(self.call, self.usage)
+        self._report(self.call, self.usage, cost)
 
     def release(self) -> None:
         """Hands every reservation back once: the call never reached a provider."""
@@ -87,11 +97,17 @@ class Admission:
 class Accounting:
     def __init__(self, metrics: GatewayMetrics, client: RemoteClient) -> None:
         self.metrics = metrics
+        self.local = LocalLimiter()
+        self.remote = RemoteLimiter(client, metrics.remote_failure)
         # In order: this replica's buckets first, so a refused request costs no service call.
-        self.policies: tuple[BudgetPolicy, ...] = (LocalLimiter(), RemoteLimiter(client, metrics.remote_failure))
+        self.policies: tuple[BudgetPolicy, ...] = (self.local, self.remote)
         # Metric labels that read only `apiKey.*` are the same for every call of a key.
         self._labels: dict[str, dict[str, str]] = {}
         self._labels_config: object = None
+
+    async def view(self, policy, activation) -> list[dict]:
+        """The remote budgets `policy` applies to a key (GET /v1/budget)."""
+        return await self.remote.view(policy, activation)
 
     async def admit(self, call: Call) -> Admission:
         """Reserves on every budget of the call's route; raises BudgetExceeded (or
@@ -110,16 +126,10 @@ class Accounting:
             raise
         return Admission(call, holds, self._report)
 
-    def _report(self, call: Call, usage: Usage) -> None:
-        backend = call.backend
-        model = call.model
-        price = call.config.model_catalog.get(model) or (
-            call.config.model_catalog.get(backend.model) if backend.model else None)
-        cost = 0.0
-        if price is not None:
-            cost = (usage.input_tokens * price.input + usage.output_tokens * price.output) / 1_000_000
-        self.metrics.spend(Spend(model=model, system=SYSTEMS.get(backend.provider, backend.provider),
-                                 usage=usage, cost_usd=cost, fields=self._fields(call)))
+    def _report(self, call: Call, usage: Usage, cost_micros: int | None) -> None:
+        provider = call.backend.provider
+        self.metrics.spend(Spend(model=call.model, system=SYSTEMS.get(provider, provider), usage=usage,
+                                 cost_micros=cost_micros or 0, fields=self._fields(call)))
 
     def _fields(self, call: Call) -> dict[str, str]:
         """The `config.metrics.fields.add` labels of a call."""
@@ -145,11 +155,19 @@ class Accounting:
 
 
 def _demand(call: Call, remote: bool) -> Demand:
+    """What the call asks of its budgets; the prompt's upper bound only where a remote
+    budget may need it (a hard one), as walking the prompt costs a few microseconds."""
     req = call.req
+    bound, unbounded = 0, ""
+    if remote:
+        try:
+            bound = upper_bound_tokens(req)
+        except Unbounded as e:
+            bound, unbounded = None, str(e)
+    timeout = call.route.policies.request_timeout or DEFAULT_TIMEOUT
     return Demand(
-        route=call.route.name,
-        activation=call.activation,
+        route=call.route.name, activation=call.activation, model=call.model, price=call.price,
+        lease=timeout + LEASE_MARGIN,
         estimate=estimate_tokens(req) if call.backend.tokenize else 0,
-        input_bound=upper_bound_tokens(req) if remote else 0,
-        max_output=req.max_output_tokens,
+        input_bound=bound, unbounded=unbounded, max_output=req.max_output_tokens, choices=req.choices,
     )

@@ -24,9 +24,10 @@ from gateway.accounting import Admission
 from gateway.call import Call
 from gateway.config.runtime import Backend, Route
 from gateway.errors import GatewayError
-from gateway.llm import BadRequest, Dialect, build_upstream, parse_request
+from gateway.cel import Activation
+from gateway.llm import BadRequest, Dialect, Unbounded, build_upstream, parse_request
 from gateway.policies.apikey import AuthError
-from gateway.policies.budget import BudgetExceeded
+from gateway.policies.budget import BudgetExceeded, Unresolved
 from gateway.ratelimit_client import RemoteUnavailable
 from gateway.relay import Relay
 from gateway.replica import Replica
@@ -45,6 +46,8 @@ def endpoint(method: str, path: str) -> str | None:
         return "messages"
     if method == "GET" and path.endswith("/v1/models"):
         return "models"
+    if method == "GET" and path.endswith("/v1/budget"):
+        return "budget"
     return None
 
 
@@ -111,6 +114,10 @@ class Handler:
             await self.refuse(call, reply, e)
         except BudgetExceeded as e:
             await self.refuse(call, reply, GatewayError(429, "rate_limited", str(e), e.headers()))
+        except Unresolved as e:
+            await self.refuse(call, reply, GatewayError(403, "budget_unresolved", str(e)))
+        except Unbounded as e:
+            await self.refuse(call, reply, GatewayError(400, "unbounded_request", str(e)))
         except RemoteUnavailable as e:
             await self.refuse(call, reply, GatewayError(
                 503, "ratelimit_unavailable", f"rate limit service unavailable (failClosed): {e}"))
@@ -125,6 +132,9 @@ class Handler:
         call.identity = self.authenticate(call)
         if kind == "models":
             await reply.whole(200, models_list(call))
+            return
+        if kind == "budget":
+            await reply.whole(200, await self.budget(call))
             return
         raw = await read_body(receive, call.headers, call.config.max_body_bytes)
         try:
@@ -145,6 +155,18 @@ class Handler:
                 admission.usage = relay.usage
                 admission.settle()
                 await reply.whole(relay.status, body, admission.headers())
+
+    async def budget(self, call: Call) -> bytes:
+        """GET /v1/budget: the budgets that apply to the caller's own key; charges nothing."""
+        if call.identity is None:
+            raise GatewayError(401, "unauthorized", "GET /v1/budget needs your API key: it shows that key's budgets")
+        policy = call.route.policies.remote_rate_limit
+        call.activation = Activation(call.identity.metadata, call.method, call.path, call.headers)
+        try:
+            rows = await self.replica.accounting.view(policy, call.activation) if policy else []
+        except RemoteUnavailable as e:
+            raise GatewayError(503, "ratelimit_unavailable", f"rate limit service unavailable: {e}") from e
+        return json.dumps({"budgets": rows}).encode()
 
     def authenticate(self, call: Call):
         policy = call.route.policies.api_key

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.cel import Activation
+from gateway.pricing import MICROS
 
 if TYPE_CHECKING:
     from starlette.datastructures import Headers
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from gateway.config.runtime import Backend, GatewayConfig, Route
     from gateway.llm import Dialect, LLMRequest, Usage
     from gateway.policies.apikey import Identity
+    from gateway.pricing import Price
 
 
 @dataclass(slots=True)
@@ -49,7 +51,16 @@ class Call:
         """The model the call is served by: the client's, else the backend's."""
         return self.req.model or self.backend.model or self.backend.name
 
-    def observe(self, usage: "Usage") -> None:
-        """Usage is known: `llm.inputTokens` and friends become visible to CEL."""
+    @property
+    def price(self) -> "Price | None":
+        return self.config.price_of(self.model, self.backend.model)
+
+    def observe(self, usage: "Usage") -> int | None:
+        """Usage is known: `llm.inputTokens` and friends (and `llm.cost`, in USD, when the
+        model has a price) become visible to CEL. Returns the cost in micro-dollars."""
+        price = self.price
+        cost = price.cost_micros(usage) if price is not None else None
         self.activation.update_llm(inputTokens=usage.input_tokens, outputTokens=usage.output_tokens,
-                                   totalTokens=usage.total)
+                                   cachedInputTokens=usage.cached_input_tokens, totalTokens=usage.total,
+                                   **({"cost": cost / MICROS} if cost is not None else {}))
+        return cost

@@ -1,8 +1,11 @@
-"""CEL expressions for policies and metric labels: compiled once at config load.
+"""CEL expressions for policies and metric labels: compiled and checked once at config load.
 
 Variables (agentgateway's names): `apiKey.*` (the key's metadata, flattened),
 `request.{method, path, headers}`, `llm.{requestModel, inputTokens, outputTokens,
-totalTokens}`.
+cachedInputTokens, totalTokens, cost}` (token counts and the cost in USD once the
+provider reported usage). An expression naming any other variable, or a field of
+`request` or `llm` that does not exist, is refused at load: a typo such as `apikey.user_id`
+would otherwise make a condition false, or a budget's value fail, on every request.
 
 celpy's `CompiledRunner` transpiles an expression to a Python code object. Its own
 `evaluate` deep-copies a name table and re-resolves every variable through typing casts
@@ -12,8 +15,10 @@ against one light activation per request that every expression shares (~8 us).
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import celpy
@@ -112,14 +117,26 @@ class _Variables(_CelActivation):
         return super().nested_activation(annotations, vars)
 
 
+# The variables an expression may name, with the fields each has (None: any field).
+VARIABLES: dict[str, frozenset[str] | None] = {
+    "apiKey": None,
+    "request": frozenset({"method", "path", "headers"}),
+    "llm": frozenset({"requestModel", "inputTokens", "outputTokens", "cachedInputTokens", "totalTokens", "cost"}),
+}
+_TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type",
+                         "dyn"})
+_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+
 class Expr:
-    """A compiled CEL expression."""
+    """A compiled CEL expression; `api_key_fields` are the metadata fields it reads."""
 
-    __slots__ = ("source", "_code")
+    __slots__ = ("source", "_code", "api_key_fields")
 
-    def __init__(self, source: str, code: Any) -> None:
+    def __init__(self, source: str, code: Any, api_key_fields: frozenset[str] = frozenset()) -> None:
         self.source = source
         self._code = code
+        self.api_key_fields = api_key_fields
 
     def __repr__(self) -> str:
         return f"Expr({self.source!r})"
@@ -148,17 +165,72 @@ class Expr:
             return False
 
 
+@lru_cache(maxsize=4096)
 def compile_expr(source: str) -> Expr:
-    """Parse and transpile once; raises CelError naming the column of a syntax error."""
+    """Parse, check the names it uses, and transpile, once per distinct source (reloads
+    reuse it); raises CelError naming the column of a syntax error or an unknown name."""
     if not isinstance(source, str) or not source.strip():
         raise CelError("empty CEL expression")
     try:
-        runner = _ENV.program(_ENV.compile(source))
+        tree = _ENV.compile(source)
+        api_key_fields = _check_names(source, tree)
+        runner = _ENV.program(tree)
     except celpy.CELParseError as e:
         raise CelError(f"invalid CEL expression {source!r}: syntax error at column {e.column}") from None
+    except CelError:
+        raise
     except Exception as e:  # the transpiler rejects some well-formed trees (bad macro arguments)
         raise CelError(f"invalid CEL expression {source!r}: {e}") from None
-    return Expr(source, runner.tp.executable_code)
+    return Expr(source, runner.tp.executable_code, api_key_fields)
+
+
+def _check_names(source: str, tree: Any) -> frozenset[str]:
+    """Refuses unknown variables and unknown fields of `request` and `llm`; returns the
+    `apiKey` fields read (`apiKey.team`, `apiKey['team']`)."""
+    bound = {_first_ident(t.children[2].children[0]) for t in tree.iter_subtrees()
+             if t.data == "member_dot_arg" and str(t.children[1]) in _MACROS}
+    fields: set[str] = set()
+    for node in tree.iter_subtrees():
+        if node.data == "ident":
+            name = node.children[0]
+            if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES:
+                raise CelError(f"invalid CEL expression {source!r}: unknown variable '{name}' at column "
+                               f"{name.column}{_did_you_mean(name, VARIABLES)}; variables: apiKey, request, llm")
+        elif node.data in ("member_dot", "member_index"):
+            root = _first_ident(node.children[0], only_member=True)
+            field = node.children[1] if node.data == "member_dot" else _string_literal(node.children[1])
+            if root is None or field is None:
+                continue
+            known = VARIABLES.get(root, ())
+            if root == "apiKey":
+                fields.add(str(field))
+            elif known and field not in known:
+                raise CelError(f"invalid CEL expression {source!r}: {root} has no field '{field}'"
+                               f"{_did_you_mean(field, known)}; fields: {', '.join(sorted(known))}")
+    return frozenset(fields)
+
+
+def _first_ident(tree: Any, only_member: bool = False) -> str | None:
+    """The identifier `tree` is made of; with `only_member`, only a bare `name` chain."""
+    while hasattr(tree, "data"):
+        if tree.data == "ident":
+            return str(tree.children[0])
+        if only_member and (tree.data not in ("member", "primary") or len(tree.children) != 1):
+            return None
+        tree = tree.children[0]
+    return None
+
+
+def _string_literal(tree: Any) -> str | None:
+    literal = next((t for t in tree.iter_subtrees() if t.data == "literal"), None) if hasattr(tree, "data") else None
+    text = str(literal.children[0]) if literal is not None else ""
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else None
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6) or [
+        k for k in known if k.lower() == str(name).lower()]
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def to_cel(value: Any) -> Any:

@@ -6,9 +6,11 @@ dicts; tollgate_common.metrics exports them through OpenTelemetry at scrape time
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.pricing import MICROS
 from tollgate_common.metrics import CONTENT_TYPE, Registry
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ class Spend:
     model: str
     system: str  # gen_ai_system: "openai" | "anthropic"
     usage: "Usage"
-    cost_usd: float
+    cost_micros: int  # what the budgets were charged (gateway/pricing.py); 0 when the model has no price
     fields: dict[str, str]  # config.metrics.fields.add
 
 
@@ -47,7 +49,11 @@ class GatewayMetrics:
         self._requests = r.counter(REQUESTS, "Gateway requests by status and reason", ("reason", "status"))
         self._duration = r.histogram(DURATION, "Gateway request duration", DURATION_BUCKETS, ("reason", "status"))
         self._tokens = r.histogram(TOKEN_USAGE, "Tokens used per LLM call", TOKEN_BUCKETS, None)
-        self._cost = r.counter(COST, "Estimated spend in USD from config.modelCatalog", None)
+        # Whole micro-dollars, as the budgets count them, turned into dollars only when
+        # scraped: summing floats would drift from the budget's figure.
+        self._cost_micros: defaultdict[Labels, int] = defaultdict(int)
+        r.counter(COST, "Spend in USD priced from config.modelCatalog", None,
+                  read=lambda: {k: v / MICROS for k, v in list(self._cost_micros.items())})
         self._remote_failures = r.counter(REMOTE_FAILURES, "Calls to the rate-limit service that failed, by "
                                           "failure mode", ("domain", "failure_mode"))
         # Series keys of the request path, built once per distinct spend.
@@ -69,8 +75,8 @@ class GatewayMetrics:
                 _sorted(base))
         self._tokens.observe(labels[0], spend.usage.input_tokens)
         self._tokens.observe(labels[1], spend.usage.output_tokens)
-        if spend.cost_usd:
-            self._cost.add(labels[2], spend.cost_usd)
+        if spend.cost_micros:
+            self._cost_micros[labels[2]] += spend.cost_micros
 
     def remote_failure(self, domain: str, mode: str) -> None:
         self._remote_failures.add((domain, mode))

@@ -3,74 +3,123 @@
 Calls to one service host share a channel. While a call is on the wire, the calls
 that arrive meanwhile wait and then go together as one `/v1/batch` request, so a
 busy replica makes a few HTTP calls per round trip instead of one per decision, and
-an idle one adds no delay at all. Settles are queued off the response's critical
-path and retried until they land or the process exits.
+an idle one adds no delay at all.
+
+Every caller waits at most its own timeout, batched or not; a reply that does not fit
+the calls fails them at once. Settles are queued off the response's critical path and
+retried until they land: the service applies a reservation's settle exactly once, so a
+retry after a lost reply is safe. The reservations this replica holds are kept alive
+(their lease extended) until settled; if the replica dies, they expire on the service
+and return to their budgets by themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway.http1 import HTTPError, Pool
 
+if TYPE_CHECKING:
+    from gateway.policies.remote_ratelimit import RemoteTarget
+
 log = logging.getLogger("tollgate.remote")
 
 MAX_IN_FLIGHT = 2  # HTTP calls on the wire per service host; more calls wait and batch
 MAX_BATCH = 1000  # the service's /v1/batch limit
-SETTLE_TIMEOUT = 5.0  # off the critical path: long enough that a retry is rarely a repeat
+SETTLE_TIMEOUT = 5.0  # off the critical path: long enough that a retry is rarely needed
 SETTLE_BACKOFF_MAX = 5.0  # seconds between retries of a settle the service did not take
+KEEPALIVE_SECONDS = 1.0  # how often held reservations are checked for a lease to extend
 
-
-JSON_HEADERS = b"Content-Type: application/json\r\nAccept: application/json\r\n"
+TOKEN_ENV, TOKEN_FILE_ENV = "TOLLGATE_RATELIMIT_TOKEN", "TOLLGATE_RATELIMIT_TOKEN_FILE"
 
 
 class RemoteUnavailable(Exception):
     """The service could not be asked (down, timed out, or answered an error)."""
 
 
+def environment_token() -> str | None:
+    """The bearer token the service expects, from the environment (a mounted Secret's file)."""
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return os.environ.get(TOKEN_ENV) or None
+
+
 @dataclass
 class _Call:
+    item: bytes  # the call's JSON, with its "op": encoded when submitted, so a bad one fails alone
+    single: bytes  # the same call's own body, for when it goes alone
     op: str
-    domain: str
-    descriptors: list[dict]
-    timeout: float
-    future: asyncio.Future
+    deadline: float  # loop time the caller stops waiting
+    future: asyncio.Future = field(repr=False)
 
 
 class Channel:
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, token: str | None) -> None:
         self.host = host
         name, _, port = host.rpartition(":")
         self._pool = Pool(name, int(port))
+        auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+        self._headers = b"Content-Type: application/json\r\nAccept: application/json\r\n" + auth
         self._queue: list[_Call] = []
         self._in_flight = 0
 
-    def submit(self, op: str, domain: str, descriptors: list[dict], timeout: float) -> asyncio.Future:
-        """Queues a call; the future gets (status, body) or RemoteUnavailable.
+    async def call(self, op: str, body: dict, timeout: float) -> tuple[int, dict]:
+        """(status, body) of one call, within `timeout` seconds whatever else is queued."""
+        future = self.submit(op, body, timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            future.add_done_callback(_consume)  # answered after the caller left: nobody reads it
+            raise RemoteUnavailable(f"rate-limit service {self.host}: no answer within {timeout:g}s") from None
 
-        The HTTP call carrying it is bounded by `timeout`; a call queued behind a full
-        wire waits at most for the calls ahead of it, each bounded the same way.
-        """
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(op, domain, descriptors, timeout, future))
+    def submit(self, op: str, body: dict, timeout: float) -> asyncio.Future:
+        """Queues a call; its future gets (status, body) or RemoteUnavailable."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        try:
+            single = orjson.dumps(body)
+        except TypeError as e:  # a number too large for JSON's integers: this call alone fails
+            future.set_exception(RemoteUnavailable(f"cannot encode the {op} call: {e}"))
+            return future
+        item = b'{"op":"%s",%s' % (op.encode(), single[1:])
+        self._queue.append(_Call(item, single, op, loop.time() + timeout, future))
         if self._in_flight < MAX_IN_FLIGHT:
             self._flush()
         return future
 
     def _flush(self) -> None:
-        calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        now = asyncio.get_running_loop().time()
+        live = []
+        for c in self._queue:
+            # A reserve whose caller gave up before it left is not sent: it would only
+            # have to be released again.
+            if c.op == "reserve" and c.deadline <= now:
+                if not c.future.done():
+                    c.future.set_exception(RemoteUnavailable("gave up before it was sent"))
+                    c.future.add_done_callback(_consume)
+            else:
+                live.append(c)
+        calls, self._queue = live[:MAX_BATCH], live[MAX_BATCH:]
+        if not calls:
+            return
         self._in_flight += 1
         asyncio.get_running_loop().create_task(self._send(calls))
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
             results = await self._post(calls)
-        except RemoteUnavailable as e:
-            results = [e] * len(calls)
+        except Exception as e:  # noqa: BLE001 - whatever happens, every caller gets an answer
+            error = e if isinstance(e, RemoteUnavailable) else RemoteUnavailable(f"{self.host}: {e!r}")
+            results = [error] * len(calls)
         finally:
             self._in_flight -= 1
             while self._queue and self._in_flight < MAX_IN_FLIGHT:
@@ -84,22 +133,25 @@ class Channel:
                 call.future.set_result(result)
 
     async def _post(self, calls: list[_Call]) -> list:
+        timeout = max(0.05, max(c.deadline for c in calls) - asyncio.get_running_loop().time())
         if len(calls) == 1:
-            c = calls[0]
-            status, body = await self._request(f"/v1/{c.op}", {"domain": c.domain, "descriptors": c.descriptors},
-                                               c.timeout)
+            status, body = await self._request(f"/v1/{calls[0].op}", calls[0].single, timeout)
             return [self._result(status, body)]
-        payload = {"items": [{"op": c.op, "domain": c.domain, "descriptors": c.descriptors} for c in calls]}
-        status, body = await self._request("/v1/batch", payload, max(c.timeout for c in calls))
-        if status != 200:
-            raise RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to a batch")
-        return [self._result(item.get("status", 500), item.get("body") or {}) for item in body["items"]]
+        status, body = await self._request("/v1/batch", b'{"items":[%s]}' % b",".join(c.item for c in calls),
+                                           timeout)
+        items = body.get("items") if status == 200 and isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) != len(calls):
+            # Never guess which answer belongs to which call.
+            raise RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to a batch of "
+                                    f"{len(calls)} without an answer per call")
+        return [self._result(i.get("status", 500), i.get("body") or {}) if isinstance(i, dict)
+                else RemoteUnavailable("a malformed batch answer") for i in items]
 
-    async def _request(self, path: str, payload: dict, timeout: float) -> tuple[int, dict]:
+    async def _request(self, path: str, body: bytes, timeout: float) -> tuple[int, dict]:
         try:
             async with asyncio.timeout(timeout):
-                status, body = await self._pool.post(path, orjson.dumps(payload), JSON_HEADERS)
-            return status, orjson.loads(body)
+                status, raw = await self._pool.post(path, body, self._headers)
+            return status, orjson.loads(raw)
         except (HTTPError, asyncio.TimeoutError, orjson.JSONDecodeError) as e:
             raise RemoteUnavailable(f"rate-limit service {self.host}: {e or type(e).__name__}") from e
 
@@ -107,9 +159,23 @@ class Channel:
         self._pool.close()
 
     def _result(self, status: int, body: dict):
-        if status not in (200, 429):
-            return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status}: {body.get('error', '')}")
+        if status not in (200, 409, 429) or not isinstance(body, dict):
+            error = body.get("error", "") if isinstance(body, dict) else ""
+            return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status}: {error}")
         return status, body
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass
+class _Lease:
+    host: str
+    token: str | None
+    seconds: float
+    renew_at: float
 
 
 class RateLimitClient:
@@ -118,32 +184,48 @@ class RateLimitClient:
     def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
         self._pending: set[asyncio.Future] = set()  # settles not yet delivered
+        self._leases: dict[str, _Lease] = {}  # reservations held, by id
+        self._keeper: asyncio.Task | None = None
+        self._env_token = environment_token()
 
-    def _channel(self, host: str) -> Channel:
-        channel = self._channels.get(host)
+    def _channel(self, target: "RemoteTarget") -> Channel:
+        token = target.token or self._env_token
+        channel = self._channels.get(target.service)
         if channel is None:
-            channel = self._channels[host] = Channel(host)
+            channel = self._channels[target.service] = Channel(target.service, token)
         return channel
 
-    async def reserve(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> tuple[int, dict]:
-        """(HTTP status, reply body): 200 admitted, 429 refused; raises RemoteUnavailable."""
-        return await self._channel(host).submit("reserve", domain, descriptors, timeout)
+    async def reserve(self, target: "RemoteTarget", rid: str, lease: float,
+                      descriptors: list[dict]) -> tuple[int, dict]:
+        """(HTTP status, reply body): 200 admitted, 429 refused; raises RemoteUnavailable.
+        An admitted reservation is kept alive until settled."""
+        body = {"domain": target.domain, "id": rid, "lease_ms": int(lease * 1000), "descriptors": descriptors}
+        status, reply = await self._channel(target).call("reserve", body, target.timeout)
+        if status == 200:
+            self._leases[rid] = _Lease(target.service, target.token, lease, time.monotonic() + lease / 2)
+            self._keep_alive()
+        return status, reply
 
-    def settle(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> None:
-        """Queues an adjustment; it is retried until the service takes it.
+    async def budget(self, target: "RemoteTarget", descriptors: list[dict]) -> tuple[int, dict]:
+        return await self._channel(target).call("budget", {"domain": target.domain, "descriptors": descriptors},
+                                                target.timeout)
+
+    def settle(self, target: "RemoteTarget", rid: str, descriptors: list[dict]) -> None:
+        """Queues the final charges of reservation `rid`; retried until the service takes them.
 
         Callbacks rather than a task per settle: this runs for every request.
         """
+        self._leases.pop(rid, None)
         delivered = asyncio.get_running_loop().create_future()
         self._pending.add(delivered)
         delivered.add_done_callback(self._pending.discard)
-        self._attempt(host, domain, descriptors, max(timeout, SETTLE_TIMEOUT), delivered, 0.05)
+        body = {"domain": target.domain, "id": rid, "descriptors": descriptors}
+        self._attempt(self._channel(target), body, max(target.timeout, SETTLE_TIMEOUT), delivered, 0.05)
 
-    def _attempt(self, host: str, domain: str, descriptors: list[dict], timeout: float,
-                 delivered: asyncio.Future, delay: float) -> None:
+    def _attempt(self, channel: Channel, body: dict, timeout: float, delivered: asyncio.Future, delay: float) -> None:
         if delivered.done():  # given up at shutdown
             return
-        attempt = self._channel(host).submit("settle", domain, descriptors, timeout)
+        attempt = channel.submit("settle", body, timeout)
 
         def finished(f: asyncio.Future) -> None:
             error = f.exception()
@@ -151,14 +233,31 @@ class RateLimitClient:
                 if not delivered.done():
                     delivered.set_result(None)
                 return
-            log.warning("settle for %s not taken, retrying in %.2fs: %s", domain, delay, error)
+            log.warning("settle for %s not taken, retrying in %.2fs: %s", body["domain"], delay, error)
             asyncio.get_running_loop().call_later(
-                delay, self._attempt, host, domain, descriptors, timeout, delivered,
-                min(delay * 2, SETTLE_BACKOFF_MAX))
+                delay, self._attempt, channel, body, timeout, delivered, min(delay * 2, SETTLE_BACKOFF_MAX))
 
         attempt.add_done_callback(finished)
 
+    def _keep_alive(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._extend_leases())
+
+    async def _extend_leases(self) -> None:
+        """Extends every held reservation half-way through its lease (a long stream),
+        one `extend` per reservation, coalesced with the rest of the traffic."""
+        while self._leases:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            now = time.monotonic()
+            for rid, lease in list(self._leases.items()):
+                if lease.renew_at <= now:
+                    lease.renew_at = now + lease.seconds / 2
+                    channel = self._channels[lease.host]
+                    channel.submit("extend", {"id": rid, "lease_ms": int(lease.seconds * 1000)}, SETTLE_TIMEOUT)
+
     async def close(self, timeout: float = 10.0) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._pending:
             _, pending = await asyncio.wait(list(self._pending), timeout=timeout)
             if pending:

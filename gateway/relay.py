@@ -55,14 +55,16 @@ class Relay:
         return self.adapter.convert(raw)
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The 2xx stream as the client should get it, piece by piece; a stream the
-        upstream breaks off ends here (what it reported stays in `usage`)."""
+        """The 2xx stream as the client should get it, piece by piece. A stream the
+        upstream breaks off ends with an error event in the client's dialect; its usage
+        is then what was reported, or counted from what was relayed."""
         try:
             async for chunk in self.response.chunks():
                 yield self.adapter.feed(chunk)
             yield self.adapter.finish()
         except (HTTPError, TimeoutError) as e:
             log.warning("upstream stream broke: %s", type(e).__name__)
+            yield self.adapter.broken()
         finally:
             self.response.close()
 

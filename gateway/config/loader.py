@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cel import compile_expr
 from gateway.config import models as m
 from gateway.config import runtime as rt
 from gateway.config.source import ConfigError, EnvDocument, Problem, parse_yaml
@@ -94,7 +95,7 @@ class _Builder:
             model_catalog=dict(settings.model_catalog),
             max_body_bytes=settings.max_body_size,
             watch_paths=(self.source.absolute(), *dict.fromkeys(self.keys_dirs)),
-            warnings=tuple(self.warnings()),
+            warnings=tuple(self.warnings() + self.unread_fields(listeners)),
         )
 
     # --- listeners and routes ---------------------------------------------------------
@@ -227,6 +228,38 @@ class _Builder:
             str(self.doc.problem(path, f"environment variable {name} is not set; using an empty value"))
             for path, names in self.doc.unset_vars.items() for name in names
         ]
+
+    def unread_fields(self, listeners: Sequence[rt.Listener]) -> list[str]:
+        """A warning per CEL reference to an `apiKey` field that no configured key carries:
+        `apiKey.userid` for `user_id` would fail on every request."""
+        carried = {name for lst in listeners for route in lst.routes if route.policies.api_key
+                   for name in route.policies.api_key.store.metadata_fields()}
+        out = []
+        for path, source in _cel_sources(self.doc.data, ()):
+            missing = sorted(compile_expr(source).api_key_fields - carried)
+            if missing:
+                have = f"keys carry: {', '.join(sorted(carried))}" if carried else "no key carries metadata"
+                out += [str(self.doc.problem(path, f"apiKey.{name} is read here but no configured key carries it "
+                                                   f"({have})")) for name in missing]
+        return out
+
+
+# Where the file holds CEL: rule conditions, descriptor values and costs, metric fields.
+_CEL_KEYS = frozenset({"condition", "value", "expression", "cost"})
+
+
+def _cel_sources(data: Any, path: Loc) -> Iterator[tuple[Loc, str]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            inside = path + (key,)
+            if isinstance(value, str) and (key in _CEL_KEYS and "remoteRateLimit" in path
+                                           or path[-3:] == ("metrics", "fields", "add")):
+                yield inside, value
+            else:
+                yield from _cel_sources(value, inside)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _cel_sources(value, path + (i,))
 
 
 def _is_file(entry: os.DirEntry) -> bool:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from gateway.policies.apikey import ApiKey
+from gateway.pricing import Price
 from gateway.policies.local_ratelimit import LocalRateLimit
 from gateway.policies.remote_ratelimit import RemoteRateLimit
 from gateway.schema import MIB, AbsolutePath, ByteSize, Cel, Duration, HostPort, HttpUrl, MetricLabel, Model, \
@@ -156,11 +157,6 @@ class MetricFields(Model):
 
 class MetricsConfig(Model):
     fields: MetricFields = MetricFields()
-
-
-class Price(Model):
-    input: float = Field(ge=0)  # USD per 1M input tokens
-    output: float = Field(ge=0)  # USD per 1M output tokens
 
 
 class Settings(Model):

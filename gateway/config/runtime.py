@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from gateway.cel import Expr
-    from gateway.config.models import Price
+    from gateway.pricing import Price
     from gateway.policies.apikey import ApiKeyPolicy
     from gateway.policies.local_ratelimit import LocalRateLimit
     from gateway.policies.remote_ratelimit import RemoteRateLimit
@@ -71,6 +71,10 @@ class GatewayConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     watch_paths: tuple[Path, ...] = ()  # the config file and every keysDir
     warnings: tuple[str, ...] = ()  # `file:line: message` lines worth logging at start
+
+    def price_of(self, model: str, backend_model: str | None) -> "Price | None":
+        """The catalog's price for a call's model, else for its backend's configured model."""
+        return self.model_catalog.get(model) or (self.model_catalog.get(backend_model) if backend_model else None)
 
     @cached_property
     def labels_per_key(self) -> bool:

@@ -17,11 +17,11 @@ from gateway.llm.adapter import (
 from gateway.llm.request import BadRequest, Dialect, LLMRequest
 from gateway.llm.outbound import UpstreamCall, build_upstream
 from gateway.llm.parse import parse_request
-from gateway.llm.tokenize import estimate_tokens, upper_bound_tokens
+from gateway.llm.tokenize import Unbounded, estimate_tokens, upper_bound_tokens
 from gateway.llm.usage import Usage
 
 __all__ = [
     "AnthropicRelay", "AnthropicToOpenAI", "BadRequest", "Dialect", "LLMRequest", "OpenAIRelay",
-    "OpenAIUsageFilter", "ResponseAdapter", "UpstreamCall", "Usage", "build_upstream",
+    "OpenAIUsageFilter", "ResponseAdapter", "Unbounded", "UpstreamCall", "Usage", "build_upstream",
     "estimate_tokens", "parse_request", "response_adapter", "translate_error", "upper_bound_tokens",
 ]

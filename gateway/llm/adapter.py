@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.errors import error_body
 from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
-from gateway.llm.stream import EventBuffer, events
+from gateway.llm.stream import EventBuffer, events, frame
+from gateway.llm.tokenize import estimate_tokens, text_counter
 from gateway.llm.translate import StreamTranslator, openai_completion, openai_error
 from gateway.llm.usage import Usage, read_anthropic, read_openai
 
@@ -40,6 +41,7 @@ class ResponseAdapter:
     """Relays one response unchanged; subclasses read usage or translate."""
 
     __slots__ = ("req", "usage", "usage_known", "_buffer")
+    UPSTREAM = "openAI"  # the provider whose events arrive
 
     def __init__(self, req: LLMRequest) -> None:
         self.req = req
@@ -68,11 +70,50 @@ class ResponseAdapter:
             self._scan(rest)
         return b""
 
+    def broken(self) -> bytes:
+        """The upstream stream broke off: the error event that ends the client's stream.
+
+        Without the provider's final figures, the usage becomes the prompt (as reported,
+        else estimated) plus the output tokens already relayed, counted from their text.
+        """
+        if not self.usage_known:
+            text = relayed_text(self._buffer.kept, self.UPSTREAM)
+            self.usage.output_tokens = max(self.usage.output_tokens, text_counter(self.req.model)(text))
+            if not self.usage.input_tokens:
+                self.usage.input_tokens = estimate_tokens(self.req)
+        body = error_body(self.req.dialect, 502, "the upstream provider's stream broke off before it ended")
+        return frame("error" if self.req.dialect == Dialect.ANTHROPIC else None, body)
+
     def _read_body(self, body: dict[str, Any]) -> None:
         pass
 
     def _scan(self, complete: bytes) -> None:
         pass
+
+
+def relayed_text(blocks: list[bytes], provider: str) -> str:
+    """The generated text in these complete SSE blocks of an OpenAI or Anthropic stream."""
+    out: list[str] = []
+    for block in blocks:
+        for _, _, data in events(block):
+            event = _json_object(data) if data.startswith(b"{") else None
+            if event is None:
+                continue
+            if provider == "anthropic":
+                delta = event.get("delta")
+                if isinstance(delta, dict):
+                    out += [v for k in ("text", "partial_json", "thinking") if isinstance(v := delta.get(k), str)]
+                continue
+            for choice in event.get("choices") or ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(delta, dict):
+                    continue
+                out += [v for k in ("content", "refusal") if isinstance(v := delta.get(k), str)]
+                for call in delta.get("tool_calls") or ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                        out.append(function["arguments"])
+    return "".join(out)
 
 
 class OpenAIRelay(ResponseAdapter):
@@ -128,6 +169,7 @@ class AnthropicRelay(ResponseAdapter):
     """Anthropic to an Anthropic client: bytes pass through, usage read from two events."""
 
     __slots__ = ()
+    UPSTREAM = "anthropic"
 
     def _read_body(self, body: dict[str, Any]) -> None:
         self.usage_known = read_anthropic(body.get("usage"), self.usage)
@@ -150,6 +192,7 @@ class AnthropicToOpenAI(ResponseAdapter):
     """Anthropic upstream, OpenAI client: bodies, events and errors are translated."""
 
     __slots__ = ("_translator",)
+    UPSTREAM = "anthropic"
 
     def __init__(self, req: LLMRequest) -> None:
         super().__init__(req)

@@ -29,6 +29,12 @@ class LLMRequest:
     max_output_tokens: int | None  # max_completion_tokens / max_tokens as the client sent it
     wants_usage: bool  # a stream's client asked for usage (always true for Anthropic and non-streams)
 
+    @property
+    def choices(self) -> int:
+        """How many answers the provider generates (OpenAI's `n`): each may reach the output cap."""
+        n = self.body.get("n")
+        return n if type(n) is int and n > 1 else 1
+
 
 def optional_count(body: dict[str, Any], field: str) -> int | None:
     """A positive integer field, or None when absent or null."""

@@ -23,13 +23,21 @@ def complete_end(data: bytes) -> int:
     return end
 
 
-class EventBuffer:
-    """Holds the partial event at the end of what has arrived so far."""
+# Complete events a buffer remembers, for counting what a stream that broke off had
+# relayed: a stream's own bytes, held only until it ends (8 MiB is ~2 M tokens of text).
+KEEP_BYTES = 8 << 20
 
-    __slots__ = ("pending",)
+
+class EventBuffer:
+    """Holds the partial event at the end of what has arrived so far, and remembers the
+    complete events handed out (up to KEEP_BYTES)."""
+
+    __slots__ = ("pending", "kept", "_kept_bytes")
 
     def __init__(self) -> None:
         self.pending = b""
+        self.kept: list[bytes] = []
+        self._kept_bytes = 0
 
     def take(self, chunk: bytes) -> bytes:
         """The complete events now available (ending with their blank line), or b""."""
@@ -37,9 +45,12 @@ class EventBuffer:
         end = complete_end(data)
         if end == len(data):
             self.pending = b""
-            return data
-        self.pending = data[end:]
-        return data[:end]
+        else:
+            self.pending, data = data[end:], data[:end]
+        if data and self._kept_bytes < KEEP_BYTES:
+            self.kept.append(data)
+            self._kept_bytes += len(data)
+        return data
 
     def rest(self) -> bytes:
         """What is left when the stream ends, framed as a last event (or b"")."""

@@ -18,10 +18,13 @@ not text. Tool definitions cost the tokens of their JSON.
 
 `upper_bound_tokens` is the most a prompt can cost, for budgets that must never be
 overrun: byte-level BPE tokenizers (OpenAI's and Anthropic's) never make more
-tokens than the text has UTF-8 bytes, so text counts its bytes; images count
-2,000 (above OpenAI's high-detail and Anthropic's largest image), tools add 400
-for the tool-use system prompt Anthropic inserts, and every request adds 10 of slack.
-Document blocks (PDFs) are not bounded.
+tokens than the text has UTF-8 bytes, so every text the provider may read counts its
+bytes: messages, tool and function definitions, response_format schemas, and any field
+this code does not know (an over-estimate, never an under-estimate). Images count
+4,096 each whatever their `detail` (the most billed per image among current models is
+gpt-4.1-nano's 1,536 patches x 2.46 = 3,779), tools add 400 for the tool-use system
+prompt Anthropic inserts, and every request adds 10 of slack. Content the bound cannot
+cover (audio, files, PDF documents) raises Unbounded: a hard budget refuses it.
 """
 
 from __future__ import annotations
@@ -46,11 +49,20 @@ PER_NAME = 1
 REPLY_PRIMING = 3
 IMAGE_TOKENS = 765
 IMAGE_TOKENS_LOW = 85
-IMAGE_TOKENS_MAX = 2000
+IMAGE_TOKENS_MAX = 4096
 TOOLS_PROMPT_MAX = 400
 BOUND_SLACK = 10
 IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 PAYLOAD_KEYS = frozenset({"data", "url", "type", "id", "tool_use_id", "cache_control"})
+# Content parts the bound covers; any other type (input_audio, file, document, ...) is Unbounded.
+BOUNDED_PARTS = IMAGE_TYPES | {"text", "refusal", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+# Request fields that never become prompt tokens; every other field counts in the bound.
+NOT_PROMPT = frozenset({
+    "model", "messages", "system", "tools", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n",
+    "temperature", "top_p", "top_k", "seed", "user", "metadata", "logprobs", "top_logprobs", "presence_penalty",
+    "frequency_penalty", "logit_bias", "parallel_tool_calls", "store", "service_tier", "stop", "stop_sequences",
+    "reasoning_effort", "modalities", "thinking",
+})
 
 BLOBS = "https://openaipublic.blob.core.windows.net/encodings/"
 # Encoding -> sha256 of its file, as tiktoken checks it.
@@ -76,14 +88,25 @@ def estimate_tokens(req: LLMRequest) -> int:
     return count_prompt(req, text_counter(req.model))
 
 
+class Unbounded(ValueError):
+    """The prompt holds content whose token cost cannot be bounded before the call."""
+
+
 def upper_bound_tokens(req: LLMRequest) -> int:
-    """The most prompt tokens `req` can cost on any OpenAI or Anthropic model."""
-    tools = TOOLS_PROMPT_MAX if req.body.get("tools") else 0
-    return count_prompt(req, utf8_size, IMAGE_TOKENS_MAX) + tools + BOUND_SLACK
+    """The most prompt tokens `req` can cost on any OpenAI or Anthropic model; raises
+    Unbounded naming the content it cannot bound."""
+    body = req.body
+    tools = TOOLS_PROMPT_MAX if body.get("tools") or body.get("functions") else 0
+    extra = {k: v for k, v in body.items() if k not in NOT_PROMPT}
+    extra_bytes = utf8_size(json.dumps(extra, separators=(",", ":"))) if extra else 0
+    return count_prompt(req, utf8_size, IMAGE_TOKENS_MAX, bound=True) + extra_bytes + tools + BOUND_SLACK
 
 
-def count_prompt(req: LLMRequest, text_tokens: TextCounter, image_tokens: int = IMAGE_TOKENS) -> int:
-    """OpenAI's chat formula over `req`, with `text_tokens` counting each text."""
+def count_prompt(req: LLMRequest, text_tokens: TextCounter, image_tokens: int = IMAGE_TOKENS,
+                 bound: bool = False) -> int:
+    """OpenAI's chat formula over `req`, with `text_tokens` counting each text. With
+    `bound`, every image costs `image_tokens` whatever its detail, and content of an
+    unknown type raises Unbounded."""
     def tokens(value: Any) -> int:
         if isinstance(value, str):
             return text_tokens(value)
@@ -91,10 +114,13 @@ def count_prompt(req: LLMRequest, text_tokens: TextCounter, image_tokens: int = 
             return sum(tokens(item) for item in value)
         if not isinstance(value, dict):
             return 0
-        if value.get("type") in IMAGE_TYPES:
+        kind = value.get("type")
+        if kind in IMAGE_TYPES:
             image = value.get("image_url")
-            low = isinstance(image, dict) and image.get("detail") == "low"
+            low = not bound and isinstance(image, dict) and image.get("detail") == "low"
             return IMAGE_TOKENS_LOW if low else image_tokens
+        if bound and isinstance(kind, str) and kind not in BOUNDED_PARTS:
+            raise Unbounded(f"content of type {kind!r} cannot be bounded in tokens before the call")
         return sum(tokens(item) for key, item in value.items() if key not in PAYLOAD_KEYS)
 
     body = req.body

@@ -124,6 +124,10 @@ class KeyStore:
     def find(self, key: str) -> Identity | None:
         return self._by_digest.get(key_digest(key))
 
+    def metadata_fields(self) -> set[str]:
+        """Every metadata field some key carries."""
+        return {name for identity in self._by_digest.values() for name in identity.metadata}
+
 
 @dataclass(frozen=True)
 class ApiKeyPolicy:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from gateway.cel import Activation
     from gateway.llm import Usage
+    from gateway.pricing import Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +24,14 @@ class Demand:
 
     route: str  # the route's name: per-replica buckets are per route
     activation: "Activation"  # the call's CEL variables (descriptor values, conditions, costs)
+    model: str
+    price: "Price | None"  # the model's price in config.modelCatalog
+    lease: float  # seconds a reservation is held if nobody settles it (the route's timeout + a margin)
     estimate: int  # prompt estimate (0 without `tokenize`)
-    input_bound: int  # prompt upper bound, for hard budgets (0 when none applies)
-    max_output: int | None  # the client's max_tokens, if any
+    input_bound: int | None  # prompt upper bound, for hard budgets (None: the prompt cannot be bounded)
+    unbounded: str  # why not, when input_bound is None
+    max_output: int | None  # the client's max_tokens (per answer), if any
+    choices: int = 1  # answers generated (OpenAI's n): the output cap applies to each
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +46,16 @@ class Verdict:
     tripped: str = ""  # what refused the request, for the error body
 
 
+class Unresolved(Exception):
+    """A budget that must apply cannot be worked out for this request (403): a required
+    descriptor's value fails, or a dollar budget meets a model without a price."""
+
+
 class BudgetExceeded(Exception):
-    """A 429: which budget tripped and the headers the client gets."""
+    """A 429: which budget tripped, in plain words, and the headers the client gets."""
 
     def __init__(self, verdict: Verdict) -> None:
-        super().__init__(f"rate limit exceeded: {verdict.tripped}")
+        super().__init__(verdict.tripped)
         self.verdict = verdict
 
     def headers(self) -> dict[str, str]:
@@ -62,11 +73,11 @@ class Hold(Protocol):
 
     max_tokens: int | None  # an output cap the policy needs upstream (elastic hard budgets)
 
-    def remaining_tokens(self) -> int | None:
-        """Tokens left in its tightest token budget after this reservation, if it has one."""
+    def remaining(self) -> dict[str, int]:
+        """The least left after this reservation, per measure (tokens, requests, usd micro-dollars)."""
 
     def settle(self, usage: "Usage") -> None:
-        """Replaces the reservation with the usage the provider reported."""
+        """Replaces the reservation with what the provider reported."""
 
     def release(self) -> None:
         """Hands the whole reservation back: the call never reached a provider."""

@@ -82,7 +82,8 @@ class TokenBucket:
             remaining=max(0, math.floor(self._tokens)),
             reset_after=self._seconds_until(lim.max_tokens),
             retry_after=0.0 if allowed else self._seconds_until(max(amount, 1)),
-            tripped=f"localRateLimit {lim.type} maxTokens={lim.max_tokens}",
+            tripped=f"local {lim.type} limit of this gateway (localRateLimit maxTokens={lim.max_tokens}) "
+                    f"exhausted; it refills {lim.fill} every {lim.fill_interval:g}s",
         )
 
 
@@ -95,9 +96,12 @@ class LocalHold:
         self.charges = charges
         self.max_tokens = None
 
-    def remaining_tokens(self) -> int | None:
-        tokens = [b.verdict(True).remaining for b, _ in self.charges if b.limit.type == "tokens"]
-        return min(tokens) if tokens else None
+    def remaining(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for bucket, _ in self.charges:
+            left = bucket.verdict(True).remaining
+            out[bucket.limit.type] = min(out.get(bucket.limit.type, left), left)
+        return out
 
     def settle(self, usage: "Usage") -> None:
         """Each token bucket's reservation becomes the real usage; request counts stay."""

@@ -1,32 +1,41 @@
 """`remoteRateLimit`: budgets shared by every replica, kept by the rate-limit service.
 
 The policy picks its target (the first rule whose CEL condition is true), turns each
-descriptor's CEL entries into envoy descriptor entries, reserves on the service before
-the call and settles the difference once usage is known (docs/ratelimit.md). The
+descriptor's CEL entries into envoy descriptor entries, and reserves on the service
+before the call under a reservation id. Once usage is known it settles that id with what
+the request actually cost (tokens, requests, or micro-dollars at the model's price); a
+request that never reached a provider releases it (a settle of zero). Settling an id is
+exactly-once on the service, so the client may retry freely (docs/ratelimit.md). The
 network client is handed in (`RemoteClient`), so the policy runs against a fake in tests.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import secrets
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from gateway.cel import Activation, CelError, Expr
-from gateway.policies.budget import BudgetExceeded, Demand, Verdict
+from gateway.llm import Unbounded
+from gateway.policies.budget import BudgetExceeded, Demand, Unresolved, Verdict
+from gateway.pricing import MICROS, Price, usd
 from gateway.ratelimit_client import RemoteUnavailable
-from gateway.schema import Cel, Duration, Enforcement, HostPort, LimitType, Model, NonEmpty, Port, any_case, \
-    exactly_one
+from gateway.schema import Cel, Duration, Enforcement, HostPort, Model, NonEmpty, Port, any_case, exactly_one
 
 if TYPE_CHECKING:
     from gateway.llm import Usage
 
 log = logging.getLogger("tollgate.remote")
 
-# What an elastic (hard, no max_tokens) reservation may take at most: the whole budget.
-ELASTIC_MAX = 2**53
+# The most output tokens an elastic reservation (hard, no max_tokens) may grant one answer:
+# far above any model's output limit, so the budget left is what caps it.
+ELASTIC_MAX = 2**31
+DescriptorType = Literal["tokens", "requests", "usd"]
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -51,15 +60,23 @@ class DescriptorEntry(Model):
 
 class DescriptorConfig(Model):
     entries: list[DescriptorEntry] = Field(min_length=1)
-    type: LimitType | None = None
-    unit: any_case("tokens", "requests") | None = None  # Kubernetes: Tokens|Requests
-    cost: Cel | None = None
+    type: DescriptorType | None = None
+    unit: any_case("tokens", "requests", "usd") | None = None  # Kubernetes: Tokens|Requests
+    cost: Cel | None = None  # what a request charges (USD for a usd descriptor), instead of its usage
     enforcement: Enforcement | None = None
+    # A value that fails to evaluate refuses the request (the default for tokens and usd):
+    # otherwise the request would run without this budget.
+    required: bool | None = None
+    fallback_price: Price | None = None  # usd: the price of models missing from config.modelCatalog
     at_most_one_of = (("type", "unit", "its Kubernetes spelling "),)
 
     @property
-    def limit_type(self) -> LimitType:
+    def limit_type(self) -> DescriptorType:
         return self.type or self.unit or "requests"
+
+    @property
+    def must_apply(self) -> bool:
+        return self.required if self.required is not None else self.limit_type != "requests"
 
 
 class BackendRef(Model):
@@ -76,7 +93,7 @@ class BackendRef(Model):
         return f"{name}:{self.port}"
 
 
-_TARGET_FIELDS = ("host", "backend_ref", "domain", "failure_mode", "timeout", "enforcement", "descriptors")
+_TARGET_FIELDS = ("host", "backend_ref", "domain", "failure_mode", "timeout", "enforcement", "descriptors", "token")
 
 
 class RemoteTarget(Model):
@@ -89,6 +106,9 @@ class RemoteTarget(Model):
     timeout: Duration = 0.5
     enforcement: Enforcement = "soft"
     descriptors: list[DescriptorConfig] | None = None
+    # The bearer token the service requires on /v1/*; default: $TOLLGATE_RATELIMIT_TOKEN
+    # (or the file $TOLLGATE_RATELIMIT_TOKEN_FILE names), read by the client.
+    token: str | None = None
 
     def check_complete(self) -> None:
         exactly_one(self, "host", "backend_ref")
@@ -166,60 +186,85 @@ class RemoteRateLimit(RemoteTarget):
 
 # --- runtime --------------------------------------------------------------------------
 
+PERIODS = {"SECOND": "per-second", "MINUTE": "per-minute", "HOUR": "hourly", "DAY": "daily", "WEEK": "weekly",
+           "MONTH": "monthly", "YEAR": "yearly"}
+MEASURES = {"tokens": "token budget", "requests": "request limit", "usd": "USD budget"}
+
+
 @dataclass(frozen=True, slots=True)
 class Descriptor:
-    """One descriptor of one request: its envoy entries and what it charges."""
+    """One descriptor of one request: its envoy entries, what it charges, at what price."""
 
     config: DescriptorConfig
     entries: tuple[tuple[str, str], ...]
     hard: bool
+    price: Price | None = None  # usd: the model's price (or the descriptor's fallback)
 
-    def as_json(self, hits: int, max_hits: int | None = None) -> dict:
+    @property
+    def kind(self) -> DescriptorType:
+        return self.config.limit_type
+
+    def as_json(self, hits: int, per_grant: float | None = None) -> dict:
         out = {"entries": [{"key": k, "value": v} for k, v in self.entries], "hits_addend": hits}
-        if max_hits is not None:
-            out["max_hits"] = max_hits
+        if per_grant is not None:
+            out["per_grant"] = per_grant
         return out
 
     def label(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.entries)
 
-    def wanted(self, demand: Demand) -> tuple[int, int | None]:
-        """(hits_addend, max_hits) of this descriptor's reservation."""
-        if self.config.limit_type == "requests":
+    def reservation(self, demand: Demand) -> tuple[int, float | None]:
+        """(hits_addend, per_grant) of this descriptor's reservation; `per_grant` makes it
+        elastic: it is charged hits_addend + per_grant x the output tokens granted."""
+        if self.kind == "requests":
             return 1, None
-        if self.hard:
-            if demand.max_output is not None:
-                return demand.input_bound + demand.max_output, None
-            return demand.input_bound + 1, ELASTIC_MAX
-        return demand.estimate, None
+        if not self.hard:
+            return (demand.estimate if self.kind == "tokens" else self.price.bound_micros(demand.estimate)), None
+        per_token = demand.choices * (1 if self.kind == "tokens" else self.price.output_micros)
+        fixed = demand.input_bound if self.kind == "tokens" else self.price.bound_micros(demand.input_bound)
+        if demand.max_output is None:
+            return fixed, per_token
+        return fixed + math.ceil(demand.max_output * per_token), None
 
     def charge(self, usage: "Usage", activation: Activation) -> int:
-        """What the request costs on this descriptor: its `cost` CEL, else tokens or one request."""
+        """What the request costs on this descriptor: its `cost` CEL, else its tokens, one
+        request, or micro-dollars at its price."""
         if self.config.cost is not None:
             try:
-                return int(self.config.cost.evaluate(activation))
+                value = self.config.cost.evaluate(activation)
+                return math.ceil(value * MICROS) if self.kind == "usd" else int(value)
             except (CelError, TypeError, ValueError) as e:
                 log.warning("cost expression failed, charging usage: %s", e)
-        return usage.total if self.config.limit_type == "tokens" else 1
+        if self.kind == "usd":
+            return self.price.cost_micros(usage)
+        return usage.total if self.kind == "tokens" else 1
 
 
-def resolve(target: RemoteTarget, activation: Activation) -> list[Descriptor]:
-    """Evaluates every descriptor's entries; one whose CEL fails is skipped."""
+def resolve(target: RemoteTarget, activation: Activation, price: Price | None = None,
+            model: str = "") -> list[Descriptor]:
+    """Evaluates every descriptor's entries. One whose CEL fails is skipped, unless it is
+    required (raises Unresolved); a usd descriptor needs a price (raises Unresolved)."""
     out = []
     for config in target.descriptors or ():
         try:
             entries = tuple((e.entry_key, _text(e.entry_value.evaluate(activation))) for e in config.entries)
         except CelError as e:
+            if config.must_apply:
+                raise Unresolved(f"the {config.limit_type} budget of domain {target.domain} cannot apply to this "
+                                 f"key: {e}") from e
             log.debug("descriptor skipped: %s", e)
             continue
-        if entries and all(v is not None for _, v in entries):
-            out.append(Descriptor(config, entries, target.enforcement_of(config) == "hard"))
+        priced = price or config.fallback_price
+        if config.limit_type == "usd" and priced is None:
+            raise Unresolved(f"model {model!r} has no price in config.modelCatalog and a USD budget "
+                             f"(domain {target.domain}) applies")
+        out.append(Descriptor(config, entries, target.enforcement_of(config) == "hard", priced))
     return out
 
 
-def _text(value) -> str | None:
+def _text(value) -> str:
     if value is None:
-        return None
+        raise CelError("the value is null")
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -227,17 +272,20 @@ def _text(value) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Status:
+    """One descriptor's answer from the service (protojson, zero fields omitted)."""
+
     code: str
-    limit: int | None
+    limit: int | None  # in the budget's units (micro-dollars for usd)
+    unit: str  # the period: DAY, MONTH, ...
     remaining: int
-    reset_after: float
+    reset_after: float  # seconds until the budget is full again (a calendar one: its next start)
     retry_after: float
+    spent: int = 0
+    resets_at: str = ""
 
 
 def _seconds(value) -> float:
-    if value is None:
-        return 0.0
-    return float(str(value).rstrip("s") or 0)
+    return 0.0 if value is None else float(str(value).rstrip("s") or 0)
 
 
 def parse_status(raw: dict) -> Status:
@@ -246,51 +294,66 @@ def parse_status(raw: dict) -> Status:
     return Status(
         code=raw.get("code", "OK"),
         limit=int(per_unit) if per_unit is not None else None,
+        unit=str(limit.get("unit", "")),
         remaining=int(raw.get("limitRemaining", 0)),
         reset_after=_seconds(raw.get("durationUntilReset")),
         retry_after=_seconds(raw.get("retryAfter") or raw.get("durationUntilReset")),
+        spent=int(raw.get("spent", 0)),
+        resets_at=str(raw.get("resetsAt", "")),
     )
 
 
+def amount(kind: DescriptorType, value: int) -> int | str:
+    """A figure as people read it: dollars for usd (micro-dollars on the wire)."""
+    return usd(value) if kind == "usd" else value
+
+
+def exhausted(domain: str, d: Descriptor, s: Status) -> str:
+    """A refusal in plain words: `daily token budget for user_id=mike exhausted; resets ...`."""
+    period = PERIODS.get(s.unit, "")
+    when = s.resets_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + s.reset_after))
+    what = f"{period} {MEASURES[d.kind]}".strip()
+    return f"{what} for {d.label()} exhausted; resets {when} (domain {domain})"
+
+
 class RemoteClient(Protocol):
-    """The rate-limit service, as this policy needs it (gateway/ratelimit_client.py)."""
+    """The rate-limit service, as this policy needs it (gateway/ratelimit_client.py).
+    Every call raises RemoteUnavailable when the service cannot answer in time."""
 
-    async def reserve(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> tuple[int, dict]:
-        """(HTTP status, reply body); raises RemoteUnavailable."""
+    async def reserve(self, target: RemoteTarget, rid: str, lease: float, descriptors: list[dict]) -> tuple[int, dict]:
+        """(HTTP status, reply body) of a reservation; kept alive past `lease` seconds until settled."""
 
-    def settle(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> None:
-        """Queues an adjustment, delivered in the background."""
+    def settle(self, target: RemoteTarget, rid: str, descriptors: list[dict]) -> None:
+        """Queues the final charges of a reservation; delivered (and retried) in the background."""
+
+    async def budget(self, target: RemoteTarget, descriptors: list[dict]) -> tuple[int, dict]:
+        """(HTTP status, reply body) of a read-only view of the descriptors' budgets."""
 
 
 class RemoteHold:
     """What one request reserved on the service, and how to settle it."""
 
-    __slots__ = ("client", "target", "descriptors", "reserved", "statuses", "activation", "max_tokens")
+    __slots__ = ("client", "target", "rid", "descriptors", "statuses", "activation", "max_tokens")
 
-    def __init__(self, client: RemoteClient, target: RemoteTarget, descriptors: list[Descriptor],
-                 reserved: list[int], statuses: list[Status], activation: Activation,
-                 max_tokens: int | None) -> None:
-        self.client, self.target, self.descriptors = client, target, descriptors
-        self.reserved, self.statuses, self.activation = reserved, statuses, activation
-        self.max_tokens = max_tokens
+    def __init__(self, client: RemoteClient, target: RemoteTarget, rid: str, descriptors: list[Descriptor],
+                 statuses: list[Status], activation: Activation, max_tokens: int | None) -> None:
+        self.client, self.target, self.rid, self.descriptors = client, target, rid, descriptors
+        self.statuses, self.activation, self.max_tokens = statuses, activation, max_tokens
 
-    def remaining_tokens(self) -> int | None:
-        tokens = [s.remaining for d, s in zip(self.descriptors, self.statuses)
-                  if d.config.limit_type == "tokens" and s.limit is not None]
-        return min(tokens) if tokens else None
+    def remaining(self) -> dict[str, int]:
+        """The least left per measure (tokens, requests, usd) after this reservation."""
+        out: dict[str, int] = {}
+        for d, s in zip(self.descriptors, self.statuses):
+            if s.limit is not None:
+                out[d.kind] = min(out.get(d.kind, s.remaining), s.remaining)
+        return out
 
     def settle(self, usage: "Usage") -> None:
-        self._adjust([d.charge(usage, self.activation) for d in self.descriptors])
+        self.client.settle(self.target, self.rid, [d.as_json(d.charge(usage, self.activation))
+                                                    for d in self.descriptors])
 
     def release(self) -> None:
-        self._adjust([0] * len(self.descriptors))
-
-    def _adjust(self, charges: list[int]) -> None:
-        deltas = [c - r for c, r in zip(charges, self.reserved)]
-        if any(deltas):
-            t = self.target
-            self.client.settle(t.service, t.domain, [d.as_json(x) for d, x in zip(self.descriptors, deltas)],
-                               t.timeout)
+        self.client.settle(self.target, self.rid, [d.as_json(0) for d in self.descriptors])
 
 
 class RemoteLimiter:
@@ -303,29 +366,58 @@ class RemoteLimiter:
     async def admit(self, policy: RemoteRateLimit, demand: Demand) -> RemoteHold | None:
         activation = demand.activation
         target = policy.target(activation)
-        descriptors = resolve(target, activation) if target is not None else []
+        descriptors = resolve(target, activation, demand.price, demand.model) if target is not None else []
         if not descriptors:
             return None
-        wanted = [d.wanted(demand) for d in descriptors]
+        if demand.input_bound is None and any(d.hard and d.kind != "requests" for d in descriptors):
+            raise Unbounded(f"{demand.unbounded}; a hard budget applies (domain {target.domain})")
+        wanted = [d.reservation(demand) for d in descriptors]
+        rid = secrets.token_hex(12)
         try:
             status, body = await self.client.reserve(
-                target.service, target.domain, [d.as_json(h, m) for d, (h, m) in zip(descriptors, wanted)],
-                target.timeout)
+                target, rid, demand.lease, [d.as_json(h, g) for d, (h, g) in zip(descriptors, wanted)])
         except RemoteUnavailable as e:
             self.on_failure(target.domain, target.failure_mode)
+            hold = RemoteHold(self.client, target, rid, descriptors, [], activation, None)
             if target.failure_mode == "failOpen":
+                # Served without the budget's answer; the settle still charges what the call
+                # cost, under the same id, whether or not the reservation landed.
                 log.warning("serving without the global budget (failOpen): %s", e)
-                return None
+                return hold
             log.warning("refusing (failClosed): %s", e)
+            hold.release()  # the service may still decide it: the id hands it back (or refuses it late)
             raise
         statuses = [parse_status(s) for s in body.get("statuses", [])]
         if status != 200:
             raise BudgetExceeded(_verdict(target.domain, descriptors, statuses))
-        granted = body.get("granted")
-        elastic = granted is not None and any(m is not None for _, m in wanted)
-        reserved = [int(granted) if elastic and m is not None else h for h, m in wanted]
-        max_tokens = max(1, int(granted) - demand.input_bound) if elastic else None
-        return RemoteHold(self.client, target, descriptors, reserved, statuses, activation, max_tokens)
+        elastic = any(g is not None for _, g in wanted)
+        max_tokens = max(1, min(int(body.get("granted", 1)), ELASTIC_MAX)) if elastic else None
+        return RemoteHold(self.client, target, rid, descriptors, statuses, activation, max_tokens)
+
+    async def view(self, policy: RemoteRateLimit, activation: Activation) -> list[dict]:
+        """The budgets `policy` applies to a key, as GET /v1/budget lists them; charges nothing."""
+        target = policy.target(activation)
+        if target is None:
+            return []
+        descriptors = []
+        for config in target.descriptors or ():
+            try:
+                entries = tuple((e.entry_key, _text(e.entry_value.evaluate(activation))) for e in config.entries)
+            except CelError:
+                continue  # a value that needs the request (its model, its tokens) has none here
+            descriptors.append(Descriptor(config, entries, False))
+        if not descriptors:
+            return []
+        _, body = await self.client.budget(target, [d.as_json(0) for d in descriptors])
+        rows = []
+        for d, raw in zip(descriptors, body.get("statuses", [])):
+            s = parse_status(raw)
+            if s.limit is None:
+                continue  # no limit in the domain for these entries
+            rows.append({"domain": target.domain, "descriptor": d.label(), "unit": d.kind, "period": s.unit.lower(),
+                         "limit": amount(d.kind, s.limit), "spent": amount(d.kind, s.spent),
+                         "remaining": amount(d.kind, s.remaining), "resetsAt": s.resets_at})
+        return rows
 
 
 def _verdict(domain: str, descriptors: list[Descriptor], statuses: list[Status]) -> Verdict:
@@ -334,5 +426,4 @@ def _verdict(domain: str, descriptors: list[Descriptor], statuses: list[Status])
     tripped = [(d, s) for d, s in pairs if s.code == "OVER_LIMIT"]
     d, s = min(tripped or pairs, key=lambda ds: ds[1].remaining)
     return Verdict(allowed=False, limit=s.limit or 0, remaining=max(0, s.remaining),
-                   reset_after=s.reset_after, retry_after=s.retry_after,
-                   tripped=f"remoteRateLimit domain {domain} descriptor {d.label()}")
+                   reset_after=s.reset_after, retry_after=s.retry_after, tripped=exhausted(domain, d, s))

@@ -5,7 +5,7 @@ import pytest
 from gateway.accounting import Accounting
 from gateway.llm import Usage
 from gateway.metrics import GatewayMetrics
-from gateway.policies.budget import BudgetExceeded
+from gateway.policies.budget import BudgetExceeded, Unresolved
 from tests.harness.fakes import Budgets, call_for
 
 CONFIG = """
@@ -38,7 +38,7 @@ def setup(tmp_path, budgets, enforcement="soft", body=HELLO):
 
 
 def local_remaining(accounting, call) -> int:
-    (bucket,) = accounting.policies[0].buckets(call.route.name, call.route.policies.local_rate_limits)
+    (bucket,) = accounting.local.buckets(call.route.name, call.route.policies.local_rate_limits)
     return bucket.verdict(True).remaining
 
 
@@ -90,9 +90,9 @@ async def test_a_hard_budget_without_max_tokens_caps_the_output_to_what_is_left(
     budgets = Budgets(**{"user_id=mike": 600})
     accounting, _, call = setup(tmp_path, budgets, "hard")
     async with await accounting.admit(call) as admission:
-        (reserve,) = budgets.reserves
-        bound = reserve[0]["hits_addend"] - 1
-        assert admission.max_tokens == 600 - bound  # the whole remaining budget, minus the prompt's bound
+        ((d,),) = [r["descriptors"] for r in budgets.reserves]
+        assert d["per_grant"] == 1  # elastic: one budget token per output token granted
+        assert admission.max_tokens == 600 - d["hits_addend"]  # the whole remaining budget, minus the prompt's bound
         admission.usage = Usage(8, 40)
     assert budgets.remaining["user_id=mike"] == 600 - 48
 
@@ -100,8 +100,68 @@ async def test_a_hard_budget_without_max_tokens_caps_the_output_to_what_is_left(
 async def test_a_hard_budget_with_max_tokens_reserves_bound_plus_cap(tmp_path, budgets):
     accounting, _, call = setup(tmp_path, budgets, "hard", {**HELLO, "max_tokens": 100})
     async with await accounting.admit(call) as admission:
-        (reserve,) = budgets.reserves
-        assert "max_hits" not in reserve[0] and reserve[0]["hits_addend"] > 100
+        ((d,),) = [r["descriptors"] for r in budgets.reserves]
+        assert "per_grant" not in d and d["hits_addend"] > 100
         assert admission.max_tokens is None  # the client's own cap stands
         assert admission.headers() == {"x-ratelimit-remaining-tokens": str(min(
-            5000 - reserve[0]["hits_addend"], local_remaining(accounting, call)))}
+            5000 - d["hits_addend"], local_remaining(accounting, call)))}
+
+
+USD = """
+config:
+  modelCatalog: {gpt-4o-mini: {input: 0.15, output: 0.6, cachedInput: 0.075}}
+llm:
+  policies:
+    apiKey: {keys: [{key: sk-mike, metadata: {user_id: mike}}]}
+    remoteRateLimit:
+      host: rl:8080
+      domain: budgets
+      enforcement: hard
+      descriptors:
+      - {entries: [{key: user_usd, value: apiKey.user_id}], type: usd}
+      - {entries: [{key: team, value: apiKey.team}], type: usd, required: %s}
+  models: [{name: "*", provider: openAI}]
+"""
+
+
+async def test_a_dollar_budget_reserves_the_worst_case_and_settles_the_exact_cost(tmp_path):
+    budgets = Budgets(**{"user_usd=mike": 50_000_000})
+    accounting, metrics, call = setup_with(tmp_path, budgets, USD % "false", {**HELLO, "max_tokens": 100, "n": 2})
+    async with await accounting.admit(call) as admission:
+        ((d,),) = [r["descriptors"] for r in budgets.reserves]  # the team descriptor is skipped: not required
+        # The prompt's bound at the dearer input price, plus 2 answers x 100 tokens x $0.60 per 1M.
+        assert d["hits_addend"] == call.price.bound_micros(_bound(call)) + 120
+        admission.usage = Usage(input_tokens=1000, output_tokens=2000, cached_input_tokens=400)
+    # 600 x $0.15 + 400 x $0.075 + 2000 x $0.60 per 1M = 90 + 30 + 1200 micro-dollars.
+    assert budgets.remaining["user_usd=mike"] == 50_000_000 - 1320
+    assert 'gen_ai_system="openai"} 0.00132' in metrics.render().decode()
+
+
+async def test_a_required_descriptor_that_cannot_apply_refuses_the_request(tmp_path):
+    budgets = Budgets()
+    accounting, _, call = setup_with(tmp_path, budgets, USD % "true", HELLO)
+    with pytest.raises(Unresolved, match="apiKey.team|team"):
+        await accounting.admit(call)
+    assert budgets.reserves == []
+
+
+async def test_an_unpriced_model_under_a_dollar_budget_is_refused(tmp_path):
+    budgets = Budgets()
+    accounting, _, call = setup_with(tmp_path, budgets, USD % "false", {**HELLO, "model": "gpt-9-unpriced"})
+    with pytest.raises(Unresolved, match="gpt-9-unpriced"):
+        await accounting.admit(call)
+    fallback = (USD % "false").replace("type: usd}", "type: usd, fallbackPrice: {input: 1, output: 2}}", 1)
+    accounting, _, call = setup_with(tmp_path, budgets, fallback, {**HELLO, "model": "gpt-9-unpriced"})
+    async with await accounting.admit(call) as admission:
+        admission.usage = Usage(1000, 1000)
+    assert budgets.settles[-1]["descriptors"][0]["hits_addend"] == 3000  # $1 + $2 per 1M, 1000 tokens each
+
+
+def _bound(call) -> int:
+    from gateway.llm import upper_bound_tokens
+    return upper_bound_tokens(call.req)
+
+
+def setup_with(tmp_path, budgets, config, body):
+    metrics = GatewayMetrics()
+    return Accounting(metrics, budgets), metrics, call_for(tmp_path, config, body, key="sk-mike")

@@ -139,5 +139,22 @@ def test_upper_bound_covers_images_and_the_tool_prompt():
     tools = [{"type": "function", "function": {"name": "f"}}]
     with_tools = req(messages=[{"role": "user", "content": "x"}], tools=tools)
     base = tokenize.upper_bound_tokens(plain)
-    assert tokenize.upper_bound_tokens(with_image) == base + 2000
+    assert tokenize.upper_bound_tokens(with_image) == base + tokenize.IMAGE_TOKENS_MAX
     assert tokenize.upper_bound_tokens(with_tools) == base + 400 + len(json.dumps(tools, separators=(",", ":")))
+
+
+def test_upper_bound_covers_what_the_estimate_may_leave_out():
+    plain = req(messages=[{"role": "user", "content": "x"}])
+    base = tokenize.upper_bound_tokens(plain)
+    low = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+    with_low = req(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, low]}])
+    assert estimate_tokens(with_low) - estimate_tokens(plain) == tokenize.IMAGE_TOKENS_LOW
+    assert tokenize.upper_bound_tokens(with_low) == base + tokenize.IMAGE_TOKENS_MAX  # some models bill thousands
+    functions = [{"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    for extra in ({"functions": functions}, {"response_format": schema}):
+        grown = tokenize.upper_bound_tokens(req(messages=[{"role": "user", "content": "x"}], **extra))
+        assert grown >= base + len(json.dumps(extra, separators=(",", ":")))
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    with pytest.raises(tokenize.Unbounded, match="input_audio"):
+        tokenize.upper_bound_tokens(req(messages=[{"role": "user", "content": [audio]}]))

@@ -17,7 +17,8 @@ def limit(max_tokens, per_fill, interval, type_="tokens") -> LocalRateLimit:
 
 def admit(limiter: LocalLimiter, limits, estimate: int):
     """One request on route "r" with these limits and this prompt estimate."""
-    demand = Demand(route="r", activation=Activation(), estimate=estimate, input_bound=0, max_output=None)
+    demand = Demand(route="r", activation=Activation(), model="m", price=None, lease=60.0, estimate=estimate,
+                    input_bound=0, unbounded="", max_output=None)
     return asyncio.run(limiter.admit(limits, demand))
 
 
@@ -73,7 +74,7 @@ def test_admission_is_all_or_nothing_and_settle_replaces_the_estimate():
     tokens, requests = limiter.buckets("r", limits)
     hold = admit(limiter, limits, 40)
     hold.settle(Usage(30, 40))  # real usage 70 replaces the 40 reserved
-    assert tokens.verdict(True).remaining == 30 and hold.remaining_tokens() == 30
+    assert tokens.verdict(True).remaining == 30 and hold.remaining() == {"tokens": 30, "requests": 1}
     with pytest.raises(BudgetExceeded) as refused:  # does not fit the tokens bucket
         admit(limiter, limits, 31)
     assert "tokens" in refused.value.verdict.tripped

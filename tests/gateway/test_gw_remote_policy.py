@@ -1,6 +1,9 @@
 """Rule selection and descriptor resolution for remoteRateLimit (CEL, compiled once)."""
 
+import pytest
+
 from gateway.cel import Activation
+from gateway.policies.budget import Unresolved
 from gateway.policies.remote_ratelimit import RemoteRateLimit, parse_status, resolve
 
 
@@ -9,8 +12,8 @@ def target(domain: str, *descriptors: dict, condition: str | None = None) -> dic
     return {"condition": condition, **out} if condition is not None else out
 
 
-def descriptor(*entries: tuple[str, str], type_="tokens") -> dict:
-    return {"entries": [{"key": k, "value": v} for k, v in entries], "type": type_}
+def descriptor(*entries: tuple[str, str], type_="tokens", **extra) -> dict:
+    return {"entries": [{"key": k, "value": v} for k, v in entries], "type": type_, **extra}
 
 
 def act(meta: dict | None) -> Activation:
@@ -31,11 +34,11 @@ def test_first_true_condition_wins_and_errors_count_as_false():
     assert RemoteRateLimit.model_validate({"conditional": rules[:3]}).target(act({"user_id": "alice"})) is None
 
 
-def test_descriptors_whose_cel_fails_are_skipped():
+def test_descriptors_whose_cel_fails_are_skipped_unless_required():
     t = RemoteRateLimit.model_validate(target(
         "d",
         descriptor(("user_id", "apiKey.user_id")),
-        descriptor(("team", "apiKey.team")),  # not in this key's metadata
+        descriptor(("team", "apiKey.team"), required=False),  # not in this key's metadata
         descriptor(("model", "llm.requestModel"), ("header", "request.headers['x-team']"))))
     resolved = resolve(t, act({"user_id": "mike"}))
     assert [d.entries for d in resolved] == [
@@ -43,9 +46,13 @@ def test_descriptors_whose_cel_fails_are_skipped():
         (("model", "gpt-4o"), ("header", "blue")),
     ]
     assert resolved[0].label() == "user_id=mike"
-    assert resolved[0].as_json(7, 100) == {
-        "entries": [{"key": "user_id", "value": "mike"}], "hits_addend": 7, "max_hits": 100}
-    assert resolve(RemoteRateLimit.model_validate(target("d", descriptor(("team", "apiKey.team")))), act({})) == []
+    assert resolved[0].as_json(7, 0.5) == {
+        "entries": [{"key": "user_id", "value": "mike"}], "hits_addend": 7, "per_grant": 0.5}
+    # Tokens and usd budgets are required by default: the request is refused, never unbudgeted.
+    with pytest.raises(Unresolved, match="team"):
+        resolve(RemoteRateLimit.model_validate(target("d", descriptor(("team", "apiKey.team")))), act({}))
+    assert resolve(RemoteRateLimit.model_validate(target("d", descriptor(("team", "apiKey.team"), type_="requests"))),
+                   act({})) == []  # a request count is not required unless it says so
 
 
 def test_status_parsing_follows_protojson():

@@ -7,6 +7,7 @@ the standards allow to be faked); `call_for` builds a parsed Call from a config 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,43 +21,58 @@ from gateway.llm import Dialect, parse_request
 
 
 class Budgets:
-    """The rate-limit service as the gateway sees it: one remaining figure per descriptor
-    label, reservations all-or-nothing, settles applied at once (and recorded)."""
+    """The rate-limit service as the gateway's policy sees it (RemoteClient): one remaining
+    figure per descriptor label, reservations all-or-nothing under an id, elastic grants,
+    and absolute settles applied once per id (everything recorded)."""
 
     def __init__(self, **remaining: int) -> None:
-        self.remaining = dict(remaining)  # "user_id=mike" -> tokens left
-        self.reserves: list[list[dict]] = []
-        self.settles: list[list[dict]] = []
+        self.remaining = dict(remaining)  # "user_id=mike" -> units left
+        self.reserves: list[dict] = []
+        self.settles: list[dict] = []
+        self._held: dict[str, dict[str, int]] = {}  # id -> label -> amount reserved
+        self._closed: set[str] = set()
 
     @staticmethod
     def label(descriptor: dict) -> str:
         return ",".join(f"{e['key']}={e['value']}" for e in descriptor["entries"])
 
-    async def reserve(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> tuple[int, dict]:
-        self.reserves.append(descriptors)
-        left = [self.remaining.get(self.label(d), 10**9) for d in descriptors]
-        elastic = [d for d in descriptors if "max_hits" in d]
-        granted = min((left[descriptors.index(d)] for d in elastic), default=None)
-        ok = all(room >= (granted if "max_hits" in d else d["hits_addend"]) for d, room in zip(descriptors, left))
-        if granted is not None and granted < max(d["hits_addend"] for d in elastic):
-            ok = False
+    async def reserve(self, target, rid: str, lease: float, descriptors: list[dict]) -> tuple[int, dict]:
+        self.reserves.append({"id": rid, "lease": lease, "descriptors": descriptors})
+        left = [self.remaining.get(self.label(d), 10**12) for d in descriptors]
+        grants = [math.floor((room - d["hits_addend"]) / d["per_grant"]) for d, room in zip(descriptors, left)
+                  if "per_grant" in d]
+        granted = min(grants) if grants else None
+        takes = [d["hits_addend"] + (math.ceil(granted * d["per_grant"]) if "per_grant" in d else 0)
+                 for d in descriptors]
+        ok = (granted is None or granted >= 1) and all(t <= room for t, room in zip(takes, left))
         statuses = []
-        for d, room in zip(descriptors, left):
-            take = granted if "max_hits" in d else d["hits_addend"]
+        for d, room, take in zip(descriptors, left, takes):
             after = room - take if ok else room
-            if ok:
-                self.remaining[self.label(d)] = after
             statuses.append({"code": "OK" if ok else "OVER_LIMIT", "limitRemaining": max(after, 0),
-                             "currentLimit": {"requestsPerUnit": 10**9, "unit": "DAY"}, "durationUntilReset": "60s"})
-        body = {"overallCode": "OK" if ok else "OVER_LIMIT", "statuses": statuses}
-        if ok:
-            body["granted"] = granted if granted is not None else max(d["hits_addend"] for d in descriptors)
-        return (200 if ok else 429), body
+                             "currentLimit": {"requestsPerUnit": 10**12, "unit": "DAY"},
+                             "durationUntilReset": "60s", "resetsAt": "2026-12-03T00:00:00Z"})
+        if not ok:
+            return 429, {"overallCode": "OVER_LIMIT", "statuses": statuses}
+        self._held[rid] = {}
+        for d, room, take in zip(descriptors, left, takes):
+            self.remaining[self.label(d)] = room - take
+            self._held[rid][self.label(d)] = take
+        return 200, {"overallCode": "OK", "statuses": statuses, "granted": granted if grants else 0}
 
-    def settle(self, host: str, domain: str, descriptors: list[dict], timeout: float) -> None:
-        self.settles.append(descriptors)
+    def settle(self, target, rid: str, descriptors: list[dict]) -> None:
+        self.settles.append({"id": rid, "descriptors": descriptors})
+        if rid in self._closed:
+            return
+        self._closed.add(rid)
+        held = self._held.pop(rid, {})
         for d in descriptors:
-            self.remaining[self.label(d)] = self.remaining.get(self.label(d), 10**9) - d["hits_addend"]
+            label = self.label(d)
+            self.remaining[label] = self.remaining.get(label, 10**12) + held.get(label, 0) - d["hits_addend"]
+
+    async def budget(self, target, descriptors: list[dict]) -> tuple[int, dict]:
+        return 200, {"statuses": [{"code": "OK", "limitRemaining": self.remaining.get(self.label(d), 0),
+                                   "currentLimit": {"requestsPerUnit": 10**12, "unit": "DAY"}}
+                                  for d in descriptors]}
 
 
 class Upstream:
