@@ -1,10 +1,11 @@
 """The HTTP app: decisions on a lean ASGI path, the rest in FastAPI.
 
-POST /json (envoy), /v1/reserve, /v1/settle and /v1/batch (Tollgate) are
-served straight from ASGI: no routing tables, no middleware, no pydantic per
-request; that is what lets one process pass 5,000 decisions/s. GET
-/healthcheck and GET /metrics and the lifespan (config watcher, Redis client)
-live in an ordinary FastAPI app that receives everything else.
+POST /json (envoy), /v1/reserve, /v1/settle, /v1/extend, /v1/budget and
+/v1/batch (Tollgate) are served straight from ASGI: no routing tables, no
+middleware, no pydantic per request; that is what lets one process pass 5,000
+decisions/s. GET /healthcheck and GET /metrics and the lifespan (config
+watcher, Redis client) live in an ordinary FastAPI app that receives
+everything else.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ from fastapi.responses import PlainTextResponse, Response
 
 from ratelimit_service.batch import MAX_BATCH_BODY, parse_batch, run_batch
 from ratelimit_service.limiter import LimiterError
-from ratelimit_service.protocol import JSON, RESERVE, SETTLE, BadRequest, decode, error_body, parse_document, render
+from ratelimit_service.protocol import BUDGET, EXTEND, JSON, RESERVE, SETTLE, BadRequest, decode, parse_document
 from ratelimit_service.reload import Reloader
-from ratelimit_service.service import Service, unavailable
+from ratelimit_service.replies import error_body, render, unavailable
+from ratelimit_service.service import Service
 from ratelimit_service.stats import CONTENT_TYPE, Stats
 
 log = logging.getLogger("tollgate.ratelimit")
 
 MAX_BODY = 1 << 20
 BATCH = "batch"
-DECISION_PATHS = {"/json": JSON, "/v1/reserve": RESERVE, "/v1/settle": SETTLE, "/v1/batch": BATCH}
+DECISION_PATHS = {
+    "/json": JSON, "/v1/reserve": RESERVE, "/v1/settle": SETTLE, "/v1/extend": EXTEND, "/v1/budget": BUDGET,
+    "/v1/batch": BATCH,
+}
+HEALTH_TIMEOUT = 1.0  # a PING slower than this is a Redis the decisions cannot count on
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -50,8 +56,15 @@ def _admin_app(service: Service, stats: Stats, reloader: Reloader | None) -> Fas
     app = FastAPI(title="tollgate-ratelimit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthcheck", response_class=PlainTextResponse)
-    async def healthcheck() -> str:
-        return "OK"
+    async def healthcheck() -> PlainTextResponse:
+        """200 OK once the config is loaded and Redis answers a PING within HEALTH_TIMEOUT."""
+        try:
+            await asyncio.wait_for(service.limiter.backend.call("PING"), HEALTH_TIMEOUT)
+        except asyncio.TimeoutError:
+            return PlainTextResponse(f"redis unavailable: no answer to PING within {HEALTH_TIMEOUT:g}s", 503)
+        except Exception as e:  # whatever stops Redis answering makes the service unhealthy
+            return PlainTextResponse(f"redis unavailable: {e}", 503)
+        return PlainTextResponse("OK")
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -20,10 +20,10 @@ Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 VALID_KEYS = frozenset({
     "domain", "key", "value", "descriptors", "rate_limit", "unit", "requests_per_unit",
     "unlimited", "shadow_mode", "name", "replaces", "detailed_metric", "share_threshold",
-    "algorithm",
+    "algorithm", "usd", "timezone",
 })
 # Envoy unmarshals these into Go strings, which take any scalar's text as written.
-STRING_KEYS = frozenset({"domain", "key", "value", "unit", "name", "algorithm"})
+STRING_KEYS = frozenset({"domain", "key", "value", "unit", "name", "algorithm", "timezone"})
 STR_TAG = "tag:yaml.org,2002:str"
 LEAF_TAGS = frozenset({
     STR_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,21 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def launch_service(config_dir: Path, redis_url: str, *extra: str, env: dict[str, str] | None = None,
+                   host: str | None = "127.0.0.1", ready_status: int = 200) -> tuple[Proc, str]:
+    """start_service with an environment (token, clock offset, Redis TLS), an optional
+    --host (None: the service's own default) and the /healthcheck status that means
+    started (503 for a service whose Redis is down)."""
+    port = free_port()
+    args = python_cmd("ratelimit_service", "--config-dir", str(config_dir), "--redis-url", redis_url,
+                      "--port", str(port), *(("--host", host) if host else ()), *extra)
+    proc = Proc("ratelimit", args, env=env or {}).start()
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_http(f"{base}/healthcheck", status=ready_status)
+    return proc, base
+
+
+def reservation_id() -> str:
+    return f"r-{uuid.uuid4().hex}"
