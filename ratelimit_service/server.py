@@ -6,12 +6,17 @@ middleware, no pydantic per request; that is what lets one process pass 5,000
 decisions/s. GET /healthcheck and GET /metrics and the lifespan (config
 watcher, Redis client) live in an ordinary FastAPI app that receives
 everything else.
+
+With a token configured, every /v1/* path (unknown ones included, so nothing
+can be probed) needs `Authorization: Bearer <token>`; /json needs it only when
+protected, since envoy's /json is open. /healthcheck and /metrics stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 
 from fastapi import FastAPI
@@ -35,10 +40,12 @@ DECISION_PATHS = {
 }
 HEALTH_TIMEOUT = 1.0  # a PING slower than this is a Redis the decisions cannot count on
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_UNAUTHORIZED = error_body("missing or invalid bearer token (Authorization: Bearer <TOLLGATE_RATELIMIT_TOKEN>)")
 
 
-def create_app(service: Service, stats: Stats, reloader: Reloader | None = None):
-    return DecisionApp(_admin_app(service, stats, reloader), service, stats)
+def create_app(service: Service, stats: Stats, reloader: Reloader | None = None, token: str | None = None,
+               protect_json: bool = False):
+    return DecisionApp(_admin_app(service, stats, reloader), service, stats, token, protect_json)
 
 
 def _admin_app(service: Service, stats: Stats, reloader: Reloader | None) -> FastAPI:
@@ -73,20 +80,39 @@ def _admin_app(service: Service, stats: Stats, reloader: Reloader | None) -> Fas
     return app
 
 
+def _guarded(path: str, protect_json: bool) -> bool:
+    return path.startswith("/v1/") or path == "/v1" or (protect_json and path == "/json")
+
+
+def _authorized(scope, token: bytes) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
+    return False
+
+
 class DecisionApp:
     """ASGI entry: decision paths here, everything else to the admin app."""
 
-    def __init__(self, admin: FastAPI, service: Service, stats: Stats):
+    def __init__(self, admin: FastAPI, service: Service, stats: Stats, token: str | None = None,
+                 protect_json: bool = False):
         self.admin = admin
         self.service = service
         self.stats = stats
+        self.token = token.encode() if token else None
+        self.protect_json = protect_json
 
     async def __call__(self, scope, receive, send) -> None:
-        api = DECISION_PATHS.get(scope.get("path")) if scope["type"] == "http" else None
+        path = scope.get("path", "")
+        if scope["type"] == "http" and self.token and _guarded(path, self.protect_json) \
+                and not _authorized(scope, self.token):
+            await self._reply(send, path, 401, _UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
+            return
+        api = DECISION_PATHS.get(path) if scope["type"] == "http" else None
         if api is None:
             await self.admin(scope, receive, send)
             return
-        path = scope["path"]
         if scope["method"] != "POST":
             await self._reply(send, path, 405, error_body(f"{path} takes POST"), [(b"allow", b"POST")])
             return
@@ -119,7 +145,8 @@ class DecisionApp:
             return 500, unavailable(e)
 
     async def _reply(self, send, path: str, status: int, body: bytes, extra: list | None = None) -> None:
-        self.stats.requests[(path, str(status))] += 1
+        # An unknown /v1 path (a 401) is counted under one label: probes must not grow the metrics.
+        self.stats.requests[(path if path in DECISION_PATHS else "/v1/*", str(status))] += 1
         headers = _JSON_HEADERS + [(b"content-length", b"%d" % len(body))] + (extra or [])
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
