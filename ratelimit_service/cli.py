@@ -6,8 +6,10 @@ Every option also reads an environment variable (CONFIG_DIR, REDIS_URL, PORT,
 HOST, LOG_LEVEL, TOLLGATE_RATELIMIT_PROTECT_JSON). `--redis-url memory://` runs
 the same Lua scripts in-process. Secrets and drills come from the environment
 only: TOLLGATE_RATELIMIT_TOKEN or TOLLGATE_RATELIMIT_TOKEN_FILE (a token on the
-command line would show in `ps`), and TOLLGATE_CLOCK_OFFSET. If the first config load fails, the problems are printed
-and the exit code is 1; a bad setting exits with 2.
+command line would show in `ps`), REDIS_AUTH and REDIS_TLS_* (envoy's names for
+Redis credentials and TLS files), and TOLLGATE_CLOCK_OFFSET. If the first config
+load fails, the problems are printed and the exit code is 1; a bad setting
+exits with 2.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def _settings(args: argparse.Namespace) -> tuple[str | None, float, Limiter]:
         print(f"tollgate-ratelimit: {e}", file=sys.stderr)
         sys.exit(2)
     try:
-        limiter = Limiter(connect(args.redis_url), clock_offset=offset)
+        limiter = Limiter(connect(args.redis_url, dict(os.environ)), clock_offset=offset)
     except ValueError as e:
         print(f"tollgate-ratelimit: --redis-url: {e}", file=sys.stderr)
         sys.exit(2)

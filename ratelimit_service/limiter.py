@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError, bulk, parse
+from ratelimit_service.resp import PipelinedRedis, RedisUnavailable, RespError, bulk, parse, redis_options
 
 LUA_DIR = Path(os.environ.get("TOLLGATE_LUA_DIR") or Path(__file__).resolve().parent.parent / "lua")
 SCRIPT_FILES = (
@@ -167,8 +167,11 @@ class MemoryBackend:
         await self._redis.aclose()
 
 
-def connect(url: str) -> Backend:
-    return MemoryBackend() if url.startswith("memory:") else PipelinedRedis(url)
+def connect(url: str, env: dict[str, str] | None = None) -> Backend:
+    """The store behind `url`; `env` supplies envoy's REDIS_TLS_* and REDIS_AUTH settings."""
+    if url.startswith("memory:"):
+        return MemoryBackend()
+    return PipelinedRedis(url, options=redis_options(url, env or {}))
 
 
 class Limiter:
