@@ -12,7 +12,18 @@
 -- dropped. An abandoned reservation thus returns by itself, with no scan over
 -- other keys, the first time anything looks at its bucket after its lease.
 
-local algorithms = {tb = token_bucket, fw = fixed_window, cal = calendar}
+local ALGORITHMS = {tb = token_bucket, fw = fixed_window, cal = calendar}
+local loaded_algorithms = {}
+
+-- The algorithm named by its code, built the first time this call needs it.
+local function algorithm(code)
+  local built = loaded_algorithms[code]
+  if not built then
+    built = ALGORITHMS[code]()
+    loaded_algorithms[code] = built
+  end
+  return built
+end
 
 local MAX_MS = 315360000000     -- 10 years: the longest TTL written, or duration reported
 local MAX_LEVEL = 2 ^ 60        -- levels stay integers Redis and %d can print
@@ -148,5 +159,45 @@ local function commit(buckets)
         keep_leases(b, ttl)
       end
     end
+  end
+end
+
+-- Statuses: what a request is told about a descriptor's bucket.
+local CHECK_ONLY_NEED = 0.001
+local NONE, OPEN, CLOSED = 0, 1, 2 -- a reservation's record before the call, as replies report it
+
+local function passes(d, level, need)
+  local remaining = d.capacity - level
+  if need > 0 then
+    return remaining >= need
+  end
+  return remaining > 0
+end
+
+-- Milliseconds until a request needing `need` would pass at this level. A need
+-- above capacity never passes on its own: then, until the bucket is full again.
+local function retry_ms(d, level, need)
+  if need <= 0 then
+    need = CHECK_ONLY_NEED
+  end
+  if d.capacity <= 0 then
+    return ms(d.algo.wait(now, d, math.huge, 0)) -- a limit of 0 never passes: its longest wait
+  end
+  return ms(d.algo.wait(now, d, level, math.max(d.capacity - need, 0)))
+end
+
+local function add_status(reply, d, level, code, retry)
+  reply[#reply + 1] = code
+  reply[#reply + 1] = math.floor(d.capacity - level)
+  reply[#reply + 1] = ms(d.algo.reset(now, d, level))
+  reply[#reply + 1] = retry
+end
+
+-- A status that says whether a check (hits 0) would pass now.
+local function add_check_status(reply, d, level)
+  if passes(d, level, 0) then
+    add_status(reply, d, level, 1, 0)
+  else
+    add_status(reply, d, level, 2, retry_ms(d, level, 0))
   end
 end

@@ -10,44 +10,46 @@
 -- one lease (1 day), so the window it charged is still there when it settles,
 -- and the settle adjusts that window, never the next one.
 local CALENDAR_GRACE = 86400
-local calendar = {code = 'cal'}
 
--- The script's period field: "<previous start> <start> <next> <after next>".
-function calendar.parse(d, field)
-  local bounds = {}
-  for word in string.gmatch(field, '%S+') do
-    bounds[#bounds + 1] = tonumber(word)
+-- A fixed window whose boundaries come from the call instead of the epoch.
+local function calendar()
+  local cal = fixed_window()
+  cal.code = 'cal'
+
+  -- The script's period field: "<previous start> <start> <next> <after next>".
+  function cal.parse(d, field)
+    local bounds = {}
+    for word in string.gmatch(field, '%S+') do
+      bounds[#bounds + 1] = tonumber(word)
+    end
+    d.bounds = bounds
   end
-  d.bounds = bounds
-end
 
-function calendar.key(base, now, d)
-  local b = d.bounds
-  local i = 1
-  if now >= b[2] then
-    i = 2
+  function cal.key(base, now, d)
+    local b = d.bounds
+    local i = 1
+    if now >= b[2] then
+      i = 2
+    end
+    if now >= b[3] then
+      i = 3
+    end
+    d.start, d.stop = b[i], b[i + 1]
+    return base .. ':' .. string.format('%d', d.start)
   end
-  if now >= b[3] then
-    i = 3
+
+  function cal.ttl(now, d, _level)
+    return d.stop + CALENDAR_GRACE - now
   end
-  d.start, d.stop = b[i], b[i + 1]
-  return base .. ':' .. string.format('%d', d.start)
-end
 
-calendar.level = fixed_window.level
-calendar.wait = fixed_window.wait
-calendar.reset = fixed_window.reset
-calendar.encode = fixed_window.encode
+  function cal.describe(d)
+    return string.format('cal %d %d %d', d.capacity, d.start, d.stop)
+  end
 
-function calendar.ttl(now, d, _level)
-  return d.stop + CALENDAR_GRACE - now
-end
+  function cal.recorded(d, fields)
+    d.start = tonumber(fields[3])
+    d.stop = tonumber(fields[4])
+  end
 
-function calendar.describe(d)
-  return string.format('cal %d %d %d', d.capacity, d.start, d.stop)
-end
-
-function calendar.recorded(d, fields)
-  d.start = tonumber(fields[3])
-  d.stop = tonumber(fields[4])
+  return cal
 end

@@ -4,49 +4,53 @@
 -- level (hits counted in this window) and lives until the window ends, which
 -- resets the level to zero. durationUntilReset is the time until the window
 -- ends, whatever the level (envoy's CalculateReset).
-local fixed_window = {code = 'fw'}
+local function fixed_window()
+  local fw = {code = 'fw'}
 
-function fixed_window.parse(d, field)
-  d.period = tonumber(field)
-end
-
-function fixed_window.key(base, now, d)
-  d.start = math.floor(now / d.period) * d.period
-  d.stop = d.start + d.period
-  return base .. ':' .. string.format('%d', d.start)
-end
-
-function fixed_window.level(raw, _now, _d)
-  return tonumber(raw) or 0
-end
-
--- Seconds until the level is at most `target` (>= 0): at the latest, the window's end.
-function fixed_window.wait(now, d, level, target)
-  if level <= target then
-    return 0
+  function fw.parse(d, field)
+    d.period = tonumber(field)
   end
-  return d.stop - now
-end
 
-function fixed_window.reset(now, d, _level)
-  return d.stop - now
-end
+  function fw.key(base, now, d)
+    d.start = math.floor(now / d.period) * d.period
+    d.stop = d.start + d.period
+    return base .. ':' .. string.format('%d', d.start)
+  end
 
-function fixed_window.ttl(now, d, _level)
-  return d.stop - now
-end
+  function fw.level(raw, _now, _d)
+    return tonumber(raw) or 0
+  end
 
-function fixed_window.encode(level, _now)
-  return string.format('%.17g', level)
-end
+  -- Seconds until the level is at most `target` (>= 0): at the latest, the window's end.
+  function fw.wait(now, d, level, target)
+    if level <= target then
+      return 0
+    end
+    return d.stop - now
+  end
 
-function fixed_window.describe(d)
-  return string.format('fw %d %d %d', d.capacity, d.period, d.start)
-end
+  function fw.reset(now, d, _level)
+    return d.stop - now
+  end
 
--- A window a reservation record describes: its limit and where it starts.
-function fixed_window.recorded(d, fields)
-  d.period = tonumber(fields[3])
-  d.start = tonumber(fields[4])
-  d.stop = d.start + d.period
+  function fw.ttl(now, d, _level)
+    return d.stop - now
+  end
+
+  function fw.encode(level, _now)
+    return string.format('%.17g', level)
+  end
+
+  function fw.describe(d)
+    return string.format('fw %d %d %d', d.capacity, d.period, d.start)
+  end
+
+  -- A window a reservation record describes: its limit and where it starts.
+  function fw.recorded(d, fields)
+    d.period = tonumber(fields[3])
+    d.start = tonumber(fields[4])
+    d.stop = d.start + d.period
+  end
+
+  return fw
 end

@@ -99,7 +99,8 @@ def encoded_parts(key: str, algorithm: str, capacity: int, period: int | str | b
     return bulk(key), (bulk(algorithm), bulk(capacity), period if type(period) is bytes else bulk(period))
 
 
-_SMALL = {n: bulk(n) for n in range(-1, 1024)}  # most hits, counts and indexes: encoded once
+# Most hits, counts and indexes, and the default lease and grant: encoded once.
+_SMALL = {n: bulk(n) for n in (*range(-1, 1024), DEFAULT_LEASE_MS, MAX_LEASE_MS, MAX_GRANT)}
 _SHADOW = {True: bulk("1"), False: bulk("0")}
 _NOT_ELASTIC = bulk(0)
 _BATCH = bulk("batch")

@@ -110,21 +110,21 @@ class Service:
             hits = 0 if api == BUDGET else request.hits if d.hits is None else d.hits
             statuses.append(OK_STATUS)
             limited.append((i, m))
+            parts = t.parts
+            if len(parts[1]) == 2:  # a calendar window's boundaries go with each request
+                parts = self._with_window(parts, limit)
             checks.append(Check(
                 t.key, limit.algorithm, limit.requests_per_unit, "", hits, d.per_grant or 0.0, limit.shadow_mode, i,
-                self._parts(t),
+                parts,
             ))
         if api == SETTLE:
             call.actual = [request.hits if d.hits is None else d.hits for d in descriptors]
         return plan
 
-    def _parts(self, t: Target) -> Parts:
-        """The target's parts, with a calendar window's current boundaries."""
-        key, limit = t.parts
-        if len(limit) == 3:
-            return t.parts
-        window = t.match.limit
-        return key, (*limit, self.windows.bounds(window.unit, window.timezone))
+    def _with_window(self, parts: Parts, limit: Limit) -> Parts:
+        """A calendar target's parts, with its current boundaries."""
+        key, fields = parts
+        return key, (*fields, self.windows.bounds(limit.unit, limit.timezone))
 
     def finish(self, plan: Plan, decision: Decision) -> tuple[int, dict]:
         """The reply to a planned request, given what Redis decided on its checks."""
