@@ -4,7 +4,7 @@
 -- of the wrong type, a corrupt value) has written nothing; in a batch it fails
 -- alone.
 --
--- The reservations still held on a bucket live beside it (ratelimit.lua):
+-- The reservations still held on a bucket live beside it (reservations.lua):
 --   <bucket>:r  HASH  reservation id -> the amount it holds on this bucket
 --   <bucket>:l  ZSET  reservation id -> its lease's deadline (ms)
 -- Before a bucket's level is used, the leases whose deadline has passed are
@@ -193,11 +193,16 @@ local function add_status(reply, d, level, code, retry)
   reply[#reply + 1] = retry
 end
 
--- A status that says whether a check (hits 0) would pass now.
-local function add_check_status(reply, d, level)
-  if passes(d, level, 0) then
-    add_status(reply, d, level, 1, 0)
-  else
-    add_status(reply, d, level, 2, retry_ms(d, level, 0))
+-- A reply whose statuses say whether a check (hits 0) would pass on each bucket now.
+local function check_reply(state, checks, buckets)
+  local reply = {-1, state, now_ms}
+  for _, d in ipairs(checks) do
+    local level = buckets.by_key[d.key].level
+    if passes(d, level, 0) then
+      add_status(reply, d, level, 1, 0)
+    else
+      add_status(reply, d, level, 2, retry_ms(d, level, 0))
+    end
   end
+  return reply
 end

@@ -92,11 +92,7 @@ local function decide_budget(_req, checks)
   local buckets = new_buckets()
   read_all(buckets, checks)
   commit(buckets)
-  local reply = {-1, NONE, now_ms}
-  for _, d in ipairs(checks) do
-    add_check_status(reply, d, buckets.by_key[d.key].level)
-  end
-  return reply
+  return check_reply(NONE, checks, buckets)
 end
 
 local reservation_ops -- reserve, settle and extend, built by the first request that needs them

@@ -226,11 +226,7 @@ local function reservations()
     if state ~= CLOSED then
       close_record(req)
     end
-    local reply = {-1, state, now_ms}
-    for _, d in ipairs(checks) do
-      add_check_status(reply, d, buckets.by_key[d.key].level)
-    end
-    return reply
+    return check_reply(state, checks, buckets)
   end
 
   local function decide_extend(req, _checks)

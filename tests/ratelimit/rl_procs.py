@@ -82,3 +82,20 @@ def launch_service(config_dir: Path, redis_url: str, *extra: str, env: dict[str,
 
 def reservation_id() -> str:
     return f"r-{uuid.uuid4().hex}"
+
+
+def domain_dir(tmp_path_factory, name: str, files: dict[str, str]) -> Path:
+    """A fresh config directory holding these domain files (for module fixtures)."""
+    path = tmp_path_factory.mktemp(name)
+    for file_name, text in files.items():
+        (path / file_name).write_text(text)
+    return path
+
+
+def launched(config_dir: Path, redis_url: str, *extra: str, **options) -> Iterator[str]:
+    """For fixtures: launch_service(...), yield its base URL, stop it."""
+    proc, base = launch_service(config_dir, redis_url, *extra, **options)
+    try:
+        yield base
+    finally:
+        proc.stop()

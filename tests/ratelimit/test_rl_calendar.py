@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 import redis
-from rl_procs import descriptor, launch_service, reservation_id
+from rl_procs import descriptor, domain_dir, launch_service, reservation_id
 
 from ratelimit_service.limiter import BUDGET, JSON, Call, Check, Limiter, bucket_key, encoded_parts
 from ratelimit_service.resp import PipelinedRedis
@@ -134,8 +134,7 @@ ZONES = {
 @pytest.fixture(scope="module", params=sorted(ZONES))
 def around_midnight(request, redis_url, tmp_path_factory):
     """(key, service 5 min before local midnight, service 5 min after, their next boundaries)."""
-    config_dir = tmp_path_factory.mktemp("rl-calendar")
-    (config_dir / "cal.yaml").write_text(CONFIG)
+    config_dir = domain_dir(tmp_path_factory, "rl-calendar", {"cal.yaml": CONFIG})
     before_at, after_at, *resets = ZONES[request.param]
     procs = []
     bases = []

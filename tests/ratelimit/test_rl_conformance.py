@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 import pytest
-from rl_procs import DATA, call, descriptor, launch_service, metric
+from rl_procs import DATA, call, descriptor, launched, metric
 
 D = "conformance"
 DAY = 86400
@@ -26,9 +26,7 @@ def service(redis_url, tmp_path_factory):
     shutil.copy(DATA / "seed001-configmap.yaml", config_dir)
     now = time.time()
     noon = now // DAY * DAY + DAY / 2
-    proc, base = launch_service(config_dir, redis_url, env={"TOLLGATE_CLOCK_OFFSET": str(noon - now)})
-    yield base
-    proc.stop()
+    yield from launched(config_dir, redis_url, env={"TOLLGATE_CLOCK_OFFSET": str(noon - now)})
 
 
 def uid() -> str:

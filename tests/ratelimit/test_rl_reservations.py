@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 import redis
-from rl_procs import descriptor, launch_service, metric, reservation_id, serving, wait_until
+from rl_procs import descriptor, domain_dir, launched, metric, reservation_id, serving, wait_until
 
 from ratelimit_service.limiter import bucket_key
 
@@ -33,23 +33,17 @@ TOMBSTONE_MS = 86_400_000
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rl-reservations")
-    (path / "plane.yaml").write_text(CONFIG)
-    return path
+    return domain_dir(tmp_path_factory, "rl-reservations", {"plane.yaml": CONFIG})
 
 
 @pytest.fixture(scope="module")
 def now(config_dir, redis_url):
-    proc, base = launch_service(config_dir, redis_url)
-    yield base
-    proc.stop()
+    yield from launched(config_dir, redis_url)
 
 
 @pytest.fixture(scope="module")
 def later(config_dir, redis_url):
-    proc, base = launch_service(config_dir, redis_url, env={"TOLLGATE_CLOCK_OFFSET": "3600"})
-    yield base
-    proc.stop()
+    yield from launched(config_dir, redis_url, env={"TOLLGATE_CLOCK_OFFSET": "3600"})
 
 
 @pytest.fixture(scope="module")

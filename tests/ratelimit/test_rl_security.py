@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 from procs import REPO, free_port
-from rl_procs import descriptor, launch_service, reservation_id
+from rl_procs import descriptor, domain_dir, launched, reservation_id
 
 from ratelimit_service.limiter import bucket_key
 
@@ -27,16 +27,12 @@ TOKEN = "s3cret-token-for-tests"
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rl-security")
-    (path / "d.yaml").write_text(CONFIG)
-    return path
+    return domain_dir(tmp_path_factory, "rl-security", {"d.yaml": CONFIG})
 
 
 @pytest.fixture(scope="module")
 def guarded(config_dir, redis_url):
-    proc, base = launch_service(config_dir, redis_url, env={"TOLLGATE_RATELIMIT_TOKEN": TOKEN})
-    yield base
-    proc.stop()
+    yield from launched(config_dir, redis_url, env={"TOLLGATE_RATELIMIT_TOKEN": TOKEN})
 
 
 def user() -> dict:
@@ -94,14 +90,11 @@ def test_json_healthcheck_and_metrics_stay_open_by_default(guarded):
 def test_protect_json_and_the_token_file(config_dir, redis_url, tmp_path):
     secret = tmp_path / "token"
     secret.write_text(TOKEN + "\n")  # as a mounted Secret often ends
-    proc, base = launch_service(config_dir, redis_url, "--protect-json", env={"TOLLGATE_RATELIMIT_TOKEN_FILE": str(secret)})
-    try:
+    for base in launched(config_dir, redis_url, "--protect-json", env={"TOLLGATE_RATELIMIT_TOKEN_FILE": str(secret)}):
         assert post(base, "/json", body(user())).status_code == 401
         assert post(base, "/json", body(user()), bearer(TOKEN)).status_code == 200
         assert post(base, "/v1/budget", body(user()), bearer(TOKEN + "x")).status_code == 401
         assert post(base, "/v1/budget", body(user()), bearer(TOKEN)).status_code == 200  # newline stripped
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("env, message", [
@@ -134,11 +127,8 @@ def listening(port: int) -> list[str]:
 @pytest.mark.skipif("HOST" in os.environ, reason="HOST is set for this test run")
 def test_run_directly_it_binds_loopback_unless_host_says_otherwise(config_dir, redis_url):
     for env, address in ((None, "127.0.0.1"), ({"HOST": "0.0.0.0"}, "0.0.0.0")):
-        proc, base = launch_service(config_dir, redis_url, host=None, env=env)
-        try:
+        for base in launched(config_dir, redis_url, host=None, env=env):
             assert listening(int(base.rsplit(":", 1)[1])) == [address]
-        finally:
-            proc.stop()
 
 
 # Numbers: what Lua's doubles cannot hold is refused at parse; what they can never makes a 500.

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from procs import Proc, free_port, redis_server_binary
-from rl_procs import descriptor, launch_service
+from rl_procs import descriptor, domain_dir, launch_service, launched
 
 from ratelimit_service.resp import redis_options
 
@@ -53,9 +53,7 @@ def tls_redis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rl-tls")
-    (path / "d.yaml").write_text(CONFIG)
-    return path
+    return domain_dir(tmp_path_factory, "rl-tls", {"d.yaml": CONFIG})
 
 
 def decide(base: str) -> httpx.Response:
@@ -85,11 +83,8 @@ def test_envoy_environment_names(tls_redis, config_dir):
         "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION": "true",
     }
     # A name the certificate does not carry: fine only because hostname verification is skipped.
-    proc, base = launch_service(config_dir, f"redis://127.0.0.1:{port}/0", env={**env, "REDIS_TLS": "true"})
-    try:
+    for base in launched(config_dir, f"redis://127.0.0.1:{port}/0", env={**env, "REDIS_TLS": "true"}):
         assert decide(base).status_code == 200
-    finally:
-        proc.stop()
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -103,13 +98,10 @@ def test_a_refused_connection_is_a_503_naming_why(tls_redis, config_dir, change,
         "REDIS_TLS_CACERT": str(folder / "ca.crt"), "REDIS_TLS_CLIENT_CERT": str(folder / "client.crt"),
         "REDIS_TLS_CLIENT_KEY": str(folder / "client.key"), "REDIS_AUTH": f"{USER}:{PASSWORD}", **change,
     }
-    proc, base = launch_service(config_dir, f"rediss://127.0.0.1:{port}/0", env=env, ready_status=503)
-    try:
+    for base in launched(config_dir, f"rediss://127.0.0.1:{port}/0", env=env, ready_status=503):
         health = httpx.get(f"{base}/healthcheck", timeout=5)
         assert health.status_code == 503 and reason in health.text, health.text
         assert decide(base).status_code == 500
-    finally:
-        proc.stop()
 
 
 def test_redis_options_parse_and_check(tmp_path):
