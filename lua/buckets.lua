@@ -155,7 +155,9 @@ local function commit(buckets)
     end
     if b.level ~= b.loaded or hold then
       local ttl = store(b)
-      if b.leased then
+      -- A bucket's TTL grows only with its level (a window's never moves), so
+      -- :r and :l need more time only for a new lease or a higher level.
+      if b.leased and (hold or b.level > b.loaded) then
         keep_leases(b, ttl)
       end
     end
