@@ -2,29 +2,55 @@
 --
 -- The window's key is the bucket key plus the window's start; it holds the
 -- level (hits counted in this window) and lives until the window ends, which
--- resets the level to zero.
---
--- Composed with the other algorithm files and ratelimit.lua into one script at
--- load time (ratelimit_service/limiter.py); it defines one local table, whose
--- functions do no Redis calls: the driver reads and writes the keys.
-local fixed_window = {}
+-- resets the level to zero. durationUntilReset is the time until the window
+-- ends, whatever the level (envoy's CalculateReset).
+local function fixed_window()
+  local fw = {code = 'fw'}
 
-function fixed_window.key(base, now, period)
-  return base .. ':' .. string.format('%.0f', math.floor(now / period) * period)
-end
-
-function fixed_window.level(raw, _now, _capacity, _period)
-  return tonumber(raw) or 0
-end
-
--- Seconds until the level is at most `target` (>= 0): at the latest, the next window.
-function fixed_window.wait(now, _capacity, period, level, target)
-  if level <= target then
-    return 0
+  function fw.parse(d, field)
+    d.period = tonumber(field)
   end
-  return (math.floor(now / period) + 1) * period - now
-end
 
-function fixed_window.encode(level, _now)
-  return string.format('%.17g', level)
+  function fw.key(base, now, d)
+    d.start = math.floor(now / d.period) * d.period
+    d.stop = d.start + d.period
+    return base .. ':' .. string.format('%d', d.start)
+  end
+
+  function fw.level(raw, _now, _d)
+    return tonumber(raw) or 0
+  end
+
+  -- Seconds until the level is at most `target` (>= 0): at the latest, the window's end.
+  function fw.wait(now, d, level, target)
+    if level <= target then
+      return 0
+    end
+    return d.stop - now
+  end
+
+  function fw.reset(now, d, _level)
+    return d.stop - now
+  end
+
+  function fw.ttl(now, d, _level)
+    return d.stop - now
+  end
+
+  function fw.encode(level, _now)
+    return string.format('%.17g', level)
+  end
+
+  function fw.describe(d)
+    return string.format('fw %d %d %d', d.capacity, d.period, d.start)
+  end
+
+  -- A window a reservation record describes: its limit and where it starts.
+  function fw.recorded(d, fields)
+    d.period = tonumber(fields[3])
+    d.start = tonumber(fields[4])
+    d.stop = d.start + d.period
+  end
+
+  return fw
 end

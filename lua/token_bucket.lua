@@ -7,41 +7,71 @@
 -- debt (usage charged after the fact); it drains like any other level. The key
 -- lives until its level would have drained to zero (a full bucket needs no key).
 --
--- Composed with the other algorithm files and ratelimit.lua into one script at
--- load time (ratelimit_service/limiter.py); it defines one local table, whose
--- functions do no Redis calls: the driver reads and writes the keys.
-local token_bucket = {}
+-- Every algorithm file defines one loader that builds a table of the same
+-- functions, none of which calls Redis: buckets.lua reads and writes the keys.
+-- `d` is a limited descriptor as ratelimit.lua reads it (capacity, and what
+-- `parse` set). A script's functions are built afresh on every call, so a
+-- call builds only the algorithms it uses (buckets.lua: algorithm()).
+local function token_bucket()
+  local tb = {code = 'tb'}
 
-function token_bucket.key(base, _now, _period)
-  return base
-end
+  -- The script's period field: the refill period in seconds.
+  function tb.parse(d, field)
+    d.period = tonumber(field)
+  end
 
--- The level now, from the stored value (nil: no key, a full bucket).
-function token_bucket.level(raw, now, capacity, period)
-  if not raw then
-    return 0
+  function tb.key(base, _now, _d)
+    return base
   end
-  local sep = string.find(raw, ' ', 1, true)
-  local level = tonumber(string.sub(raw, 1, sep - 1))
-  local at = tonumber(string.sub(raw, sep + 1))
-  if capacity > 0 and now > at then
-    level = level - (now - at) * capacity / period
-  end
-  return math.max(level, 0)
-end
 
--- Seconds until the level has drained to `target` (>= 0), or nil for never.
-function token_bucket.wait(_now, capacity, period, level, target)
-  if level <= target then
-    return 0
+  -- The level now, from the stored value (nil: no key, a full bucket).
+  function tb.level(raw, now, d)
+    if not raw then
+      return 0
+    end
+    local sep = string.find(raw, ' ', 1, true)
+    local level = tonumber(string.sub(raw, 1, sep - 1))
+    local at = tonumber(string.sub(raw, sep + 1))
+    if d.capacity > 0 and now > at then
+      level = level - (now - at) * d.capacity / d.period
+    end
+    return math.max(level, 0)
   end
-  if capacity <= 0 then
-    return nil
-  end
-  return (level - target) * period / capacity
-end
 
--- What to store for a level above zero.
-function token_bucket.encode(level, now)
-  return string.format('%.17g %.6f', level, now)
+  -- Seconds until the level has drained to `target` (>= 0); a limit of 0 never
+  -- drains: one period, as a number to report.
+  function tb.wait(_now, d, level, target)
+    if level <= target then
+      return 0
+    end
+    if d.capacity <= 0 then
+      return d.period
+    end
+    return (level - target) * d.period / d.capacity
+  end
+
+  -- Until the bucket is full again (envoy's durationUntilReset for a bucket).
+  function tb.reset(now, d, level)
+    return tb.wait(now, d, level, 0)
+  end
+
+  -- How long the key must live for a level above zero: until it has drained.
+  function tb.ttl(now, d, level)
+    return tb.wait(now, d, level, 0)
+  end
+
+  function tb.encode(level, now)
+    return string.format('%.17g %.6f', level, now)
+  end
+
+  -- What a reservation record keeps to find this bucket's limit again.
+  function tb.describe(d)
+    return string.format('tb %d %d', d.capacity, d.period)
+  end
+
+  function tb.recorded(d, fields)
+    d.period = tonumber(fields[3])
+  end
+
+  return tb
 end

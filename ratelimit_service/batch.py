@@ -1,22 +1,23 @@
-"""POST /v1/batch: many reserve/settle decisions in one HTTP call.
+"""POST /v1/batch: many reserve/settle/extend/budget decisions in one HTTP call.
 
 A busy gateway replica sends the decisions that queued up while its previous
 call was on the wire as one batch. Each item is a single call's body plus its
-`op`, and is answered exactly as /v1/reserve or /v1/settle would answer it
-(status and body), independently of the others. All the items that need Redis
-go to it in one script call, which decides them one after the other, each
-atomic on its own; a request that fails in Redis fails alone (its own 500).
+`op`, and is answered exactly as /v1/<op> would answer it (status and body),
+independently of the others. All the items that need Redis go to it in one
+script call, which decides them one after the other, each atomic on its own; a
+request that fails in Redis fails alone (its own 500).
 """
 
 from __future__ import annotations
 
-from ratelimit_service.limiter import LimiterError
-from ratelimit_service.protocol import RESERVE, SETTLE, BadRequest, decode, parse_document
-from ratelimit_service.service import NO_DECISION, Plan, Service, unavailable
+from ratelimit_service.limiter import NO_DECISION, LimiterError
+from ratelimit_service.protocol import BUDGET, EXTEND, RESERVE, SETTLE, BadRequest, decode, parse_document
+from ratelimit_service.replies import unavailable
+from ratelimit_service.service import Plan, Service
 
 MAX_ITEMS = 1000
 MAX_BATCH_BODY = 8 << 20  # room for MAX_ITEMS items of several descriptors each
-OPS = {"reserve": RESERVE, "settle": SETTLE}
+OPS = {"reserve": RESERVE, "settle": SETTLE, "extend": EXTEND, "budget": BUDGET}
 
 
 def parse_batch(raw: bytes) -> list[tuple[str, dict]]:
@@ -43,7 +44,7 @@ def parse_batch(raw: bytes) -> list[tuple[str, dict]]:
         op = item.pop("op", None)  # the rest is exactly a single call's body
         api = OPS.get(op) if type(op) is str else None
         if api is None:
-            raise BadRequest(f"items[{i}].op must be reserve or settle")
+            raise BadRequest(f"items[{i}].op must be reserve, settle, extend or budget")
         parsed.append((api, item))
     return parsed
 
@@ -58,13 +59,13 @@ async def run_batch(service: Service, items: list[tuple[str, dict]]) -> dict:
         except BadRequest as e:
             answers[i] = {"status": 400, "body": {"error": str(e)}}
             continue
-        if plan.checks:
+        if plan.needs_redis:
             waiting.append((i, plan))
         else:
             answers[i] = _answer(service.finish(plan, NO_DECISION))
     if waiting:
         try:
-            decisions = await service.limiter.decide_many([(plan.api, plan.checks) for _, plan in waiting])
+            decisions = await service.limiter.decide_many([plan.call for _, plan in waiting])
         except LimiterError as e:
             decisions = [e] * len(waiting)
         failed = [d for d in decisions if type(d) is LimiterError]

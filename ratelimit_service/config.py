@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Annotated
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ratelimit_service.match import ALGORITHMS, UNIT_SECONDS, Limit, Match, Node, Wildcard, lookup
+from ratelimit_service.match import (
+    ALGORITHMS, CALENDAR_UNITS, UNIT_SECONDS, Limit, Match, Node, Wildcard, default_algorithm, lookup,
+)
+from ratelimit_service.windows import BadTimezone, zone
 from ratelimit_service.yamlsrc import CONFIG_SUFFIXES, Document, YamlProblem, documents
 from tollgate_common.problems import ConfigError, Problem
+
+MICROS_PER_USD = 1_000_000
+# A dollar budget is counted in integer micro-dollars, which the scripts hold
+# in doubles: exact up to 2^53 (about $9.007 billion).
+MAX_MICRO_USD = 2**53
 
 
 class Invalid(ValueError):
@@ -42,12 +51,14 @@ class YamlReplaces(_Model):
 
 
 class YamlRateLimit(_Model):
-    requests_per_unit: Uint32 = 0
+    requests_per_unit: Uint32 | None = None
+    usd: Any = None  # dollars: an integer or a decimal (49.99), read as written
     unit: str = ""
     unlimited: Flag = False
     name: str = ""
     replaces: list[YamlReplaces] = []
-    algorithm: str = "token_bucket"
+    algorithm: str = ""  # default: calendar for day and longer, token_bucket below
+    timezone: str = ""  # calendar windows only; default UTC
 
     @model_validator(mode="after")
     def _check(self) -> "YamlRateLimit":
@@ -61,11 +72,66 @@ class YamlRateLimit(_Model):
                 raise Invalid("should not have an empty replaces entry", "replaces")
             if replaces.name == self.name:
                 raise Invalid("replaces should not contain name of same descriptor", "replaces")
-        if self.algorithm not in ALGORITHMS:
+        if self.usd is not None:
+            _check_usd(self)
+        if self.algorithm and self.algorithm not in ALGORITHMS:
             raise Invalid(
-                f"invalid rate limit algorithm '{self.algorithm}' (token_bucket or fixed_window)", "algorithm"
+                f"invalid rate limit algorithm '{self.algorithm}' (token_bucket, fixed_window or calendar)",
+                "algorithm",
             )
+        _check_calendar(self)
         return self
+
+    @property
+    def algorithm_code(self) -> str:
+        return ALGORITHMS[self.algorithm] if self.algorithm else default_algorithm(self.unit.upper())
+
+    @property
+    def capacity(self) -> int:
+        if self.usd is not None:
+            return micro_dollars(self.usd)
+        return self.requests_per_unit or 0
+
+
+def micro_dollars(usd: Any) -> int:
+    """Dollars as integer micro-dollars, exactly (Decimal, never float); raises Invalid."""
+    amount = None
+    if type(usd) is int or type(usd) is str:
+        try:
+            amount = Decimal(str(usd).strip())
+        except InvalidOperation:
+            pass
+    micros = amount * MICROS_PER_USD if amount is not None and amount.is_finite() else None
+    if micros is None or micros <= 0 or micros != micros.to_integral_value():
+        raise Invalid(f"invalid usd '{usd}': a positive amount of dollars with at most 6 decimals", "usd")
+    if micros > MAX_MICRO_USD:
+        raise Invalid(f"usd {usd} is over the largest budget, {Decimal(MAX_MICRO_USD) / MICROS_PER_USD}", "usd")
+    return int(micros)
+
+
+def _check_usd(rl: YamlRateLimit) -> None:
+    if rl.unlimited:
+        raise Invalid("should not specify usd when unlimited", "usd")
+    if rl.requests_per_unit is not None:
+        raise Invalid("should not specify both requests_per_unit and usd", "usd")
+    micro_dollars(rl.usd)
+
+
+def _check_calendar(rl: YamlRateLimit) -> None:
+    """A calendar window needs a unit of a day or longer; a timezone needs a calendar window."""
+    unit = rl.unit.lower()
+    if rl.algorithm == "calendar" and unit.upper() not in CALENDAR_UNITS:
+        raise Invalid(f"algorithm calendar needs unit day, week, month or year, not '{unit}'", "algorithm")
+    if rl.timezone:
+        if rl.unlimited or rl.algorithm_code != "cal":
+            raise Invalid(
+                "timezone applies only to calendar windows (unit day, week, month or year; algorithm calendar)",
+                "timezone",
+            )
+        try:
+            zone(rl.timezone)
+        except BadTimezone as e:
+            raise Invalid(str(e), "timezone") from None
 
 
 def _required(message: str) -> AfterValidator:
@@ -208,10 +274,12 @@ def _limit(d: YamlDescriptor, stat_key: str) -> Limit | None:
     if rl is None:
         return None
     return Limit(
-        requests_per_unit=rl.requests_per_unit,
+        requests_per_unit=rl.capacity,
         unit="" if rl.unlimited else rl.unit.upper(),
         stat_key=stat_key,
-        algorithm=ALGORITHMS[rl.algorithm],
+        algorithm=rl.algorithm_code,
+        usd=rl.usd is not None,
+        timezone=rl.timezone or "UTC",
         name=rl.name,
         replaces=tuple(r.name for r in rl.replaces),
         unlimited=rl.unlimited,

@@ -23,7 +23,17 @@ UNIT_SECONDS: dict[str, int] = {
 UNIT_NUMBERS: dict[str, int] = {
     "UNKNOWN": 0, "SECOND": 1, "MINUTE": 2, "HOUR": 3, "DAY": 4, "MONTH": 5, "YEAR": 6, "WEEK": 7,
 }
-ALGORITHMS: dict[str, str] = {"token_bucket": "tb", "fixed_window": "fw"}
+# The `algorithm:` names and the codes the scripts and bucket keys use.
+ALGORITHMS: dict[str, str] = {"token_bucket": "tb", "fixed_window": "fw", "calendar": "cal"}
+ALGORITHM_NAMES: dict[str, str] = {code: name for name, code in ALGORITHMS.items()}
+CALENDAR_UNITS = frozenset({"DAY", "WEEK", "MONTH", "YEAR"})
+
+
+def default_algorithm(unit: str) -> str:
+    """A budget of a day or longer starts again at its calendar boundary (envoy's day
+    window resets at UTC midnight too); shorter limits are token buckets."""
+    return "cal" if unit in CALENDAR_UNITS else "tb"
+
 
 Entry = tuple[str, str]
 
@@ -32,17 +42,21 @@ Entry = tuple[str, str]
 class Limit:
     """One `rate_limit` block, resolved. `unit` is envoy's enum name ("DAY")."""
 
-    requests_per_unit: int
+    requests_per_unit: int  # the capacity: requests or tokens, or micro-dollars when `usd`
     unit: str
     stat_key: str  # the config path under the domain, e.g. "user_id_mike"
-    algorithm: str = "tb"  # "tb" token bucket | "fw" fixed window
+    algorithm: str = "tb"  # "tb" token bucket | "fw" fixed window | "cal" calendar window
     name: str = ""
     replaces: tuple[str, ...] = ()
     unlimited: bool = False
     shadow_mode: bool = False
     detailed_metric: bool = False
-    # protojson `currentLimit`, built once: replies share it.
+    usd: bool = False  # a dollar budget, counted in micro-dollars
+    timezone: str = "UTC"  # where a calendar window's boundaries fall
+    # protojson `currentLimit`, built once: replies share it. /json keeps envoy's
+    # fields; /v1 replies also mark a dollar budget.
     current_limit: dict = field(init=False, repr=False)
+    v1_limit: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.current_limit = {"requestsPerUnit": self.requests_per_unit, "unit": self.unit}
@@ -50,6 +64,7 @@ class Limit:
             self.current_limit["name"] = self.name
         if not self.requests_per_unit:
             del self.current_limit["requestsPerUnit"]  # protojson omits zero values
+        self.v1_limit = {**self.current_limit, "usd": True} if self.usd else self.current_limit
 
     @property
     def period(self) -> int:

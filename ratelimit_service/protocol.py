@@ -1,37 +1,66 @@
-"""Request parsing and reply shapes: envoy's /json (protojson) and the reserve/settle API.
+"""Request parsing: envoy's /json (protojson) and Tollgate's /v1 reserve, settle, extend and budget.
 
 Requests follow protojson's rules for envoy's RateLimitRequest: fields by their
 proto or JSON name (`hits_addend` or `hitsAddend`), numbers as JSON numbers or
-strings, null as unset, and an unknown field is an error. Replies use protojson
-shapes: upper-case enum names, zero values omitted, durations as "37s".
+strings, null as unset, and an unknown field is an error. Each /v1 operation
+takes the fields below (docs/ratelimit.md); anything else is a 400 naming it.
+Every number is checked against what the scripts hold exactly (2^53, Lua's
+doubles) before it gets anywhere near Redis. Reply shapes are in replies.py.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import orjson
 
-from ratelimit_service.limiter import JSON, RESERVE, SETTLE
+from ratelimit_service.limiter import (
+    BUDGET, DEFAULT_LEASE_MS, EXTEND, JSON, MAX_GRANT, MAX_HITS, MAX_LEASE_MS, MAX_PER_GRANT, RESERVE, SETTLE,
+)
 from ratelimit_service.match import UNIT_NUMBERS, UNIT_SECONDS
 
 MAX_UINT32 = 2**32 - 1
-MAX_UINT64 = 2**64 - 1
-MAX_INT64 = 2**63 - 1
 
 __all__ = [
-    "JSON", "RESERVE", "SETTLE", "BadRequest", "Descriptor", "Request", "decode", "parse_document", "render",
+    "BUDGET", "EXTEND", "JSON", "RESERVE", "SETTLE", "BadRequest", "Descriptor", "Request", "decode",
+    "parse_document",
 ]
 
-_REQUEST_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend"})
-_DESCRIPTOR_FIELDS = frozenset({"entries", "limit", "hits_addend", "hitsAddend"})
-_ELASTIC_FIELDS = _DESCRIPTOR_FIELDS | {"max_hits", "maxHits"}
+_ENVOY_FIELDS = frozenset({"domain", "descriptors", "hits_addend", "hitsAddend"})
+_RESERVATION_FIELDS = frozenset({"id", "lease_ms", "leaseMs"})
+_GRANT_FIELDS = frozenset({"max_grant", "maxGrant", "min_grant", "minGrant"})
+REQUEST_FIELDS = {
+    JSON: _ENVOY_FIELDS,
+    RESERVE: _ENVOY_FIELDS | _RESERVATION_FIELDS | _GRANT_FIELDS,
+    SETTLE: _ENVOY_FIELDS | {"id"},
+    BUDGET: frozenset({"domain", "descriptors"}),
+    EXTEND: _RESERVATION_FIELDS,
+}
+_LIMIT_DESCRIPTOR = frozenset({"entries", "limit"})
+DESCRIPTOR_FIELDS = {
+    JSON: _LIMIT_DESCRIPTOR | {"hits_addend", "hitsAddend"},
+    RESERVE: _LIMIT_DESCRIPTOR | {"hits_addend", "hitsAddend", "per_grant", "perGrant"},
+    SETTLE: _LIMIT_DESCRIPTOR | {"hits_addend", "hitsAddend"},
+    BUDGET: _LIMIT_DESCRIPTOR,
+}
+# The shapes clients send, taken by the fast path: proto names, integers as numbers.
+_PLAIN_REQUEST = {
+    JSON: frozenset({"domain", "descriptors", "hits_addend"}),
+    RESERVE: frozenset({"domain", "descriptors", "hits_addend", "id", "lease_ms", "max_grant", "min_grant"}),
+    SETTLE: frozenset({"domain", "descriptors", "hits_addend", "id"}),
+}
+_PLAIN_DESCRIPTOR = {
+    JSON: frozenset({"entries", "hits_addend"}),
+    RESERVE: frozenset({"entries", "hits_addend", "per_grant"}),
+    SETTLE: frozenset({"entries", "hits_addend"}),
+}
 _ENTRY_FIELDS = frozenset({"key", "value"})
-_PLAIN_REQUEST = frozenset({"domain", "descriptors", "hits_addend"})
-_PLAIN_DESCRIPTOR = frozenset({"entries", "hits_addend"})
-_PLAIN_ELASTIC = _PLAIN_DESCRIPTOR | {"max_hits"}
 _LIMIT_FIELDS = frozenset({"requests_per_unit", "requestsPerUnit", "unit"})
 _UNIT_NAMES = {number: name for name, number in UNIT_NUMBERS.items()}
+# Reservation ids become part of a Redis key: a short, plain alphabet.
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class BadRequest(Exception):
@@ -43,7 +72,7 @@ class Descriptor:
     entries: tuple[tuple[str, str], ...]
     hits: int | None  # the descriptor's own hits_addend, if set (0 is check-only)
     limit: tuple[int, str] | None  # a limit override: (requests_per_unit, unit name)
-    max_hits: int | None  # reserve only: makes the descriptor elastic
+    per_grant: float | None = None  # reserve only: makes the descriptor elastic
 
 
 @dataclass(slots=True)
@@ -51,6 +80,10 @@ class Request:
     domain: str
     descriptors: list[Descriptor]
     hits: int  # the request's hits_addend; 0 or unset counts as 1
+    id: str = ""  # reserve, settle, extend: the reservation
+    lease_ms: int = DEFAULT_LEASE_MS
+    max_grant: int = MAX_GRANT
+    min_grant: int = 1
 
 
 def decode(body: bytes):
@@ -70,17 +103,21 @@ def _plain(doc, api: str) -> Request | None:
     JSON numbers, entries with both key and value), else None. Gives exactly what
     _checked would, much faster; everything else is left to _checked and its messages.
     """
-    if type(doc) is not dict or not doc.keys() <= _PLAIN_REQUEST or type(domain := doc.get("domain")) is not str:
+    allowed = _PLAIN_REQUEST.get(api)
+    if (allowed is None or type(doc) is not dict or not doc.keys() <= allowed
+            or type(domain := doc.get("domain")) is not str):
         return None
-    signed = api == SETTLE
     hits = doc.get("hits_addend")
-    if hits is not None and not _plain_int(hits, MAX_UINT32, signed):
+    if hits is not None and not _plain_int(hits, 0, MAX_UINT32):
         return None
     items = doc.get("descriptors")
     if type(items) is not list or not items or not domain:
         return None
-    allowed = _PLAIN_ELASTIC if api == RESERVE else _PLAIN_DESCRIPTOR
-    descriptors = []
+    request = Request(domain, [], hits or 1)
+    if api != JSON and not _plain_reservation(doc, request):
+        return None
+    allowed = _PLAIN_DESCRIPTOR[api]
+    descriptors = request.descriptors
     for item in items:
         if type(item) is not dict or not item.keys() <= allowed or type(raw_entries := item.get("entries")) is not list:
             return None
@@ -93,26 +130,43 @@ def _plain(doc, api: str) -> Request | None:
                 return None
             entries.append((key, value))
         d_hits = item.get("hits_addend")
-        max_hits = item.get("max_hits")
-        if d_hits is not None and not _plain_int(d_hits, MAX_UINT64, signed):
+        if d_hits is not None and not _plain_int(d_hits, 0, MAX_HITS):
             return None
-        if max_hits is not None and not _plain_int(max_hits, MAX_INT64, False):
+        per_grant = item.get("per_grant")
+        if per_grant is not None and not (type(per_grant) in (int, float) and 0 < per_grant <= MAX_PER_GRANT):
             return None
-        descriptors.append(Descriptor(tuple(entries), d_hits, None, max_hits))
-    return Request(domain, descriptors, hits or 1)
+        descriptors.append(Descriptor(tuple(entries), d_hits, None, None if per_grant is None else float(per_grant)))
+    return request
 
 
-def _plain_int(value, largest: int, signed: bool) -> bool:
-    return type(value) is int and (-largest if signed else 0) <= value <= largest
+def _plain_reservation(doc: dict, request: Request) -> bool:
+    """The id and the reserve's own fields, when they are plain and in range."""
+    rid = doc.get("id")
+    if type(rid) is not str or not _ID.fullmatch(rid):
+        return False
+    request.id = rid
+    for name, least, largest in (("lease_ms", 1, MAX_LEASE_MS), ("max_grant", 1, MAX_GRANT), ("min_grant", 1, MAX_GRANT)):
+        value = doc.get(name)
+        if value is not None:
+            if not _plain_int(value, least, largest):
+                return False
+            setattr(request, name, value)
+    return request.min_grant <= request.max_grant
+
+
+def _plain_int(value, least: int, largest: int) -> bool:
+    return type(value) is int and least <= value <= largest
 
 
 def _checked(doc, api: str) -> Request:
     """Any request, with protojson's every rule, and the message naming what is wrong."""
     if type(doc) is not dict:
         raise BadRequest("the request must be a JSON object")
-    _check_fields(doc, _REQUEST_FIELDS, "")
+    _check_fields(doc, REQUEST_FIELDS[api], "")
+    if api == EXTEND:
+        return Request("", [], 0, _id(doc.get("id")), _lease(doc))
     domain = _string(doc.get("domain"), "domain")
-    hits = _number(_either(doc, "hits_addend", "hitsAddend"), "hits_addend", MAX_UINT32, signed=api == SETTLE)
+    hits = _number(_either(doc, "hits_addend", "hitsAddend"), "hits_addend", MAX_UINT32)
     items = doc.get("descriptors")
     if items is None:
         items = []
@@ -124,23 +178,51 @@ def _checked(doc, api: str) -> Request:
         raise BadRequest("rate limit domain must not be empty")
     if not descriptors:
         raise BadRequest("rate limit descriptor list must not be empty")
-    return Request(domain, descriptors, hits or 1)
+    request = Request(domain, descriptors, hits or 1)
+    if api in (RESERVE, SETTLE):
+        request.id = _id(doc.get("id"))
+    if api == RESERVE:
+        _grants(doc, request)
+    return request
+
+
+def _grants(doc: dict, request: Request) -> None:
+    request.lease_ms = _lease(doc)
+    for name, json_name in (("max_grant", "maxGrant"), ("min_grant", "minGrant")):
+        value = _number(_either(doc, name, json_name), name, MAX_GRANT, least=1)
+        if value is not None:
+            setattr(request, name, value)
+    if request.min_grant > request.max_grant:
+        raise BadRequest(f"min_grant: {request.min_grant} is above max_grant {request.max_grant}")
+
+
+def _id(value) -> str:
+    if value is None:
+        raise BadRequest("id: required, the reservation's id")
+    if type(value) is not str or not _ID.fullmatch(value):
+        raise BadRequest("id: expected 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _lease(doc: dict) -> int:
+    lease = _number(_either(doc, "lease_ms", "leaseMs"), "lease_ms", MAX_LEASE_MS, least=1)
+    return DEFAULT_LEASE_MS if lease is None else lease
 
 
 def _descriptor(item, path: str, api: str) -> Descriptor:
     if type(item) is not dict:
         raise BadRequest(f"{path}: expected an object")
-    _check_fields(item, _ELASTIC_FIELDS if api == RESERVE else _DESCRIPTOR_FIELDS, path + ".")
+    _check_fields(item, DESCRIPTOR_FIELDS[api], path + ".")
     raw_entries = item.get("entries")
     if raw_entries is None:
         raw_entries = []
     elif type(raw_entries) is not list:
         raise BadRequest(f"{path}.entries: expected a list")
     entries = tuple(_entry(e, f"{path}.entries[{i}]") for i, e in enumerate(raw_entries))
-    hits = _number(_either(item, "hits_addend", "hitsAddend"), f"{path}.hits_addend", MAX_UINT64, signed=api == SETTLE)
-    max_hits = _number(_either(item, "max_hits", "maxHits"), f"{path}.max_hits", MAX_INT64)
+    hits = _number(_either(item, "hits_addend", "hitsAddend"), f"{path}.hits_addend", MAX_HITS)
+    per_grant = _per_grant(_either(item, "per_grant", "perGrant"), f"{path}.per_grant")
     limit = item.get("limit")
-    return Descriptor(entries, hits, None if limit is None else _limit(limit, f"{path}.limit"), max_hits)
+    return Descriptor(entries, hits, None if limit is None else _limit(limit, f"{path}.limit"), per_grant)
 
 
 def _entry(entry, path: str) -> tuple[str, str]:
@@ -187,8 +269,8 @@ def _string(value, path: str) -> str:
     return value
 
 
-def _number(value, path: str, largest: int, signed: bool = False) -> int | None:
-    """An integer field; negative only where signed (settle's adjustments)."""
+def _number(value, path: str, largest: int, least: int = 0) -> int | None:
+    """An integer field in [least, largest]."""
     if value is None:
         return None
     if type(value) is int:
@@ -199,27 +281,39 @@ def _number(value, path: str, largest: int, signed: bool = False) -> int | None:
         try:
             number = int(value)
         except ValueError:
-            raise BadRequest(f"{path}: expected an integer, got {orjson.dumps(value).decode()}") from None
+            raise BadRequest(f"{path}: expected an integer, got {_quoted(value)}") from None
     else:
         raise BadRequest(f"{path}: expected an integer")
-    smallest = -largest if signed else 0
-    if not smallest <= number <= largest:
-        raise BadRequest(f"{path}: {number} is out of range [{smallest}, {largest}]")
+    if not least <= number <= largest:
+        raise BadRequest(f"{path}: {_shown(number)} is out of range [{least}, {largest}]")
     return number
 
 
-def duration(ms: int) -> str:
-    """A protojson Duration in whole seconds, rounded up."""
-    return f"{-(-ms // 1000)}s"
+def _per_grant(value, path: str) -> float | None:
+    """A positive number (JSON number or decimal string), at most MAX_PER_GRANT."""
+    if value is None:
+        return None
+    if type(value) is int or type(value) is float:
+        number = float(value)
+    elif type(value) is str and _DECIMAL.fullmatch(value):
+        number = float(value)
+    else:
+        raise BadRequest(f"{path}: expected a number, got {_quoted(value)}")
+    if not 0 < number <= MAX_PER_GRANT:
+        raise BadRequest(f"{path}: {_shown(value)} is out of range (0, {MAX_PER_GRANT}]")
+    return number
 
 
-OK_STATUS = {"code": "OK"}
-UNLIMITED_STATUS = {"code": "OK", "limitRemaining": MAX_UINT32}
+def _quoted(value) -> str:
+    """A client's value in a message, cut short: an error must not echo a megabyte back."""
+    text = orjson.dumps(value).decode() if type(value) is str else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
-def render(body: dict) -> bytes:
-    return orjson.dumps(body)
-
-
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def _shown(number) -> str:
+    """A number for a message: huge ones by their size (Python refuses str() past 4,300 digits)."""
+    try:
+        text = str(number)
+    except ValueError:
+        return "a number of more than 4300 digits"
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"

@@ -11,8 +11,10 @@ alone caps the service well below its target rate.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
-from urllib.parse import unquote, urlparse
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlparse
 
 from tollgate_common.netio import ConnectFailed, connect, tls_context
 
@@ -153,16 +155,76 @@ class _Connection(asyncio.Protocol):
         self.outbox.clear()
 
 
+# TLS settings as URL query parameters (redis-py's names), and the environment
+# variables envoyproxy/ratelimit reads for the same thing.
+_TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+_TLS_ENV = {
+    "ssl_ca_certs": "REDIS_TLS_CACERT", "ssl_certfile": "REDIS_TLS_CLIENT_CERT", "ssl_keyfile": "REDIS_TLS_CLIENT_KEY",
+}
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """How to reach and log in to Redis: TLS context (None: plain TCP) and ACL credentials."""
+
+    tls: ssl.SSLContext | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
+def redis_options(url: str, env: dict[str, str]) -> RedisOptions:
+    """TLS and credentials for `url`. The URL's own settings (`rediss://user:pass@...?ssl_ca_certs=...`)
+    win over envoy's environment variables (REDIS_TLS, REDIS_TLS_CACERT, REDIS_TLS_CLIENT_CERT,
+    REDIS_TLS_CLIENT_KEY, REDIS_TLS_SKIP_HOSTNAME_VERIFICATION, REDIS_AUTH). Raises ValueError
+    naming a bad setting or an unreadable file."""
+    parts = urlparse(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - set(_TLS_PARAMS))
+    if unknown:
+        raise ValueError(f"unsupported Redis URL option '{unknown[0]}' (supported: {', '.join(_TLS_PARAMS)})")
+    username, password = (unquote(parts.username) if parts.username else None), parts.password
+    if password is not None:
+        password = unquote(password)
+    elif env.get("REDIS_AUTH"):
+        user, sep, secret = env["REDIS_AUTH"].partition(":")
+        username, password = (user or None, secret) if sep else (None, user)
+    use_tls = parts.scheme == "rediss" or (parts.scheme == "redis" and _flag(env.get("REDIS_TLS", "false"), "REDIS_TLS"))
+    if not use_tls:
+        return RedisOptions(None, username, password)
+    files = {name: query.get(name) or env.get(_TLS_ENV[name]) or None for name in _TLS_ENV}
+    if "ssl_check_hostname" in query:
+        check_hostname = _flag(query["ssl_check_hostname"], "ssl_check_hostname")
+    else:
+        skip = env.get("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "false")
+        check_hostname = not _flag(skip, "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION")
+    try:
+        # The certificate itself is always verified; only the name check may be skipped.
+        tls = tls_context(files["ssl_ca_certs"], files["ssl_certfile"], files["ssl_keyfile"], check_hostname)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"Redis TLS files: {e}") from None
+    return RedisOptions(tls, username, password)
+
+
 class PipelinedRedis:
     """`await call("EVALSHA", ...)` over one lazily (re)opened connection."""
 
-    def __init__(self, url: str, timeout: float = 2.0):
+    def __init__(self, url: str, timeout: float = 2.0, options: RedisOptions | None = None):
         parts = urlparse(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"unsupported Redis URL scheme '{parts.scheme}' (redis://, rediss://, unix://)")
         self.url = url
         self.timeout = timeout
         self._parts = parts
+        self._options = options or redis_options(url, {})
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
         self._attempts = 0  # connection attempts started
@@ -200,7 +262,7 @@ class PipelinedRedis:
         parts = self._parts
         try:
             conn = await connect(lambda: _Connection(self.timeout), parts.hostname or "localhost", parts.port or 6379,
-                                 tls=tls_context() if parts.scheme == "rediss" else None, timeout=self.timeout,
+                                 tls=self._options.tls, timeout=self.timeout,
                                  unix_path=parts.path if parts.scheme == "unix" else None)
         except ConnectFailed as e:
             raise RedisUnavailable(str(e)) from None
@@ -212,10 +274,10 @@ class PipelinedRedis:
         return conn
 
     async def _handshake(self, conn: _Connection) -> None:
-        parts = self._parts
-        if parts.password:
-            user = (unquote(parts.username),) if parts.username else ()
-            await conn.call(encode(("AUTH", *user, unquote(parts.password))))
+        parts, options = self._parts, self._options
+        if options.password is not None:
+            user = (options.username,) if options.username else ()
+            await conn.call(encode(("AUTH", *user, options.password)))
         db = parts.path.lstrip("/") if parts.scheme != "unix" else ""
         if db and db != "0":
             await conn.call(encode(("SELECT", db)))

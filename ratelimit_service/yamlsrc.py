@@ -20,14 +20,17 @@ __all__ = ["CONFIG_SUFFIXES", "Document", "YamlProblem", "documents"]
 VALID_KEYS = frozenset({
     "domain", "key", "value", "descriptors", "rate_limit", "unit", "requests_per_unit",
     "unlimited", "shadow_mode", "name", "replaces", "detailed_metric", "share_threshold",
-    "algorithm",
+    "algorithm", "usd", "timezone",
 })
 # Envoy unmarshals these into Go strings, which take any scalar's text as written.
-STRING_KEYS = frozenset({"domain", "key", "value", "unit", "name", "algorithm"})
+STRING_KEYS = frozenset({"domain", "key", "value", "unit", "name", "algorithm", "timezone"})
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"
 TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+FLOAT_TAG = "tag:yaml.org,2002:float"
 LEAF_TAGS = frozenset({STR_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", NULL_TAG, TIMESTAMP_TAG})
+# Tollgate's one decimal field: dollars, read as written (49.99 stays exact, not a binary float).
+DECIMAL_KEYS = frozenset({"usd"})
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
@@ -102,6 +105,8 @@ class _EnvoyReader(TreeReader):
         return self.value(node, path)
 
     def scalar(self, node: ScalarNode, path: Path) -> Any:
+        if node.tag == FLOAT_TAG and path[-1] in DECIMAL_KEYS:
+            return node.value
         if node.tag not in LEAF_TAGS:
             raise YamlProblem(self.line_of(node), "error checking config")
         if node.tag == NULL_TAG:

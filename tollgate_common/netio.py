@@ -43,5 +43,5 @@ async def connect(factory: Callable[[], P], host: str, port: int, *, tls: ssl.SS
     except TimeoutError:
         raise ConnectFailed(f"cannot connect to {where}: timed out") from None
     except (OSError, ssl.SSLError) as e:
-        raise ConnectFailed(f"cannot connect to {where}: {type(e).__name__}: {e}") from e
+        raise ConnectFailed(f"cannot connect to {where}: {e or type(e).__name__}") from e
     return protocol

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,38 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def launch_service(config_dir: Path, redis_url: str, *extra: str, env: dict[str, str] | None = None,
+                   host: str | None = "127.0.0.1", ready_status: int = 200) -> tuple[Proc, str]:
+    """start_service with an environment (token, clock offset, Redis TLS), an optional
+    --host (None: the service's own default) and the /healthcheck status that means
+    started (503 for a service whose Redis is down)."""
+    port = free_port()
+    args = python_cmd("ratelimit_service", "--config-dir", str(config_dir), "--redis-url", redis_url,
+                      "--port", str(port), *(("--host", host) if host else ()), *extra)
+    proc = Proc("ratelimit", args, env=env or {}).start()
+    base = f"http://127.0.0.1:{port}"
+    proc.wait_http(f"{base}/healthcheck", status=ready_status)
+    return proc, base
+
+
+def reservation_id() -> str:
+    return f"r-{uuid.uuid4().hex}"
+
+
+def domain_dir(tmp_path_factory, name: str, files: dict[str, str]) -> Path:
+    """A fresh config directory holding these domain files (for module fixtures)."""
+    path = tmp_path_factory.mktemp(name)
+    for file_name, text in files.items():
+        (path / file_name).write_text(text)
+    return path
+
+
+def launched(config_dir: Path, redis_url: str, *extra: str, **options) -> Iterator[str]:
+    """For fixtures: launch_service(...), yield its base URL, stop it."""
+    proc, base = launch_service(config_dir, redis_url, *extra, **options)
+    try:
+        yield base
+    finally:
+        proc.stop()

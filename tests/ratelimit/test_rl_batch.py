@@ -1,13 +1,14 @@
-"""POST /v1/batch: each item answered exactly as its single /v1/reserve or /v1/settle call."""
+"""POST /v1/batch: each item answered exactly as its single /v1/<op> call."""
 
 import math
 import re
 import time
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
-from tests.harness.ratelimit import call, descriptor, metric, serving
+from tests.harness.ratelimit import call, descriptor, metric, reservation_id, serving
 
 CONFIG = """
 domain: tokens
@@ -35,6 +36,13 @@ def fresh(key: str) -> dict:
 
 
 def item(op: str, *descriptors: dict, domain: str = "tokens", **extra) -> dict:
+    """An item; reserves and settles get a fresh reservation id unless given one (id=None: none)."""
+    if op in ("reserve", "settle") and "id" not in extra:
+        extra["id"] = reservation_id()
+    if extra.get("id") is None:
+        extra.pop("id", None)
+    if op == "extend":  # an id and a lease, nothing else
+        return {"op": op, **extra}
     return {"op": op, "domain": domain, "descriptors": list(descriptors), **extra}
 
 
@@ -48,24 +56,28 @@ def answers(response: httpx.Response) -> list[tuple[int, dict]]:
 
 
 def remaining(base: str, d: dict) -> int:
-    """What the bucket has left, by a check-only reservation (charges nothing)."""
-    return call(base, "tokens", {**d, "hits_addend": 0}, path="/v1/reserve").json()["statuses"][0].get(
-        "limitRemaining", 0)
+    """What the bucket has left, read with /v1/budget (charges nothing)."""
+    return call(base, "tokens", {"entries": d["entries"]}, path="/v1/budget").json()["statuses"][0]["limitRemaining"]
 
 
-def test_mixed_reserve_and_settle_items(service):
+def test_mixed_items(service):
     u, t = fresh("user_id"), fresh("team")
+    held = reservation_id()
     replies = answers(batch(
         service,
-        item("reserve", {**u, "hits_addend": 100}),
+        item("reserve", {**u, "hits_addend": 100}, id=held),
         item("settle", {**t, "hits_addend": 40}),
-        item("reserve", {**t, "hits_addend": 10, "max_hits": 500}),
+        item("reserve", {**t, "hits_addend": 10, "per_grant": 1}, max_grant=500),
+        item("extend", id=held, lease_ms=60_000),
+        item("budget", {"entries": u["entries"]}, id=None),
     ))
-    assert [status for status, _ in replies] == [200, 200, 200]
-    (_, reserved), (_, settled), (_, elastic) = replies
+    assert [status for status, _ in replies] == [200, 200, 200, 200, 200]
+    (_, reserved), (_, settled), (_, elastic), (_, extended), (_, budget) = replies
     assert reserved["granted"] == 100 and reserved["statuses"][0]["limitRemaining"] == 900
     assert "granted" not in settled and settled["statuses"][0]["limitRemaining"] == 260
-    assert elastic["granted"] == 260  # the settle before it in the batch left 260
+    assert elastic["granted"] == 250  # the settle before it in the batch left 260, 10 of them fixed
+    assert extended == {"extended": True}
+    assert budget["statuses"][0]["limitRemaining"] == 900 and budget["statuses"][0]["spent"] == 100
     assert remaining(service, u) == 900 and remaining(service, t) == 0
 
 
@@ -89,15 +101,19 @@ def test_a_bad_item_gets_its_own_400_and_the_others_are_decided(service):
         service,
         item("reserve", {**u1, "hits_addend": 5}),
         item("reserve"),
-        item("settle", {**u2, "hits_addend": 1, "max_hits": 9}),
+        item("settle", {**u2, "hits_addend": 1, "per_grant": 9}),
         item("settle", {"entries": [{"key": "user_id", "value": 7}]}),
         item("reserve", {**u2, "hits_addend": 7}, hits_addend="many"),
         item("settle", {**u2, "hits_addend": 3}),
+        item("reserve", {**u2, "hits_addend": 3}, id=None),
+        item("settle", {**u2, "hits_addend": -3}),
     ))
     assert replies[1] == (400, {"error": "rate limit descriptor list must not be empty"})
-    assert replies[2] == (400, {"error": 'descriptors[0].unknown field "max_hits"'})  # elastic is reserve-only
+    assert replies[2] == (400, {"error": 'descriptors[0].unknown field "per_grant"'})  # elastic is reserve-only
     assert replies[3] == (400, {"error": "descriptors[0].entries[0].value: expected a string"})
     assert replies[4] == (400, {"error": 'hits_addend: expected an integer, got "many"'})
+    assert replies[6] == (400, {"error": "id: required, the reservation's id"})
+    assert replies[7] == (400, {"error": "descriptors[0].hits_addend: -3 is out of range [0, 9007199254740992]"})
     assert replies[0][0] == 200 and replies[5][0] == 200
     assert remaining(service, u1) == 995 and remaining(service, u2) == 997
 
@@ -106,7 +122,7 @@ def test_replies_come_in_the_order_of_the_items(service):
     users = [fresh("user_id") for _ in range(40)]
     # Distinct charges per bucket, and one bucket charged several times in a row.
     items = [item("reserve", {**u, "hits_addend": i + 1}) for i, u in enumerate(users)]
-    items += [item("settle", {**users[0], "hits_addend": 10}) for _ in range(5)]
+    items += [item("settle", {**users[0], "hits_addend": 10}) for _ in range(5)]  # five unreserved ids
     replies = answers(batch(service, *items))
     assert len(replies) == len(items)
     left = [body["statuses"][0]["limitRemaining"] for _, body in replies]
@@ -124,19 +140,26 @@ def test_limits_without_redis_and_unknown_domains_answer_as_single_calls(service
         (200, {"overallCode": "OK", "statuses": [{"code": "OK", "limitRemaining": 4294967295}], "granted": 5}),
         (200, {"overallCode": "OK", "statuses": [{"code": "OK"}]}),
     ]
+    # No limit: nothing to hold, so no record either (the same id is not refused later).
+    rid = reservation_id()
+    unlimited = item("reserve", descriptor(("plan", "unlimited"), hits_addend=5), id=rid)
+    assert answers(batch(service, item("settle", descriptor(("plan", "unlimited")), id=rid), unlimited))[1][0] == 200
 
 
 def scenario() -> list[dict]:
-    """Items covering every kind of answer, on buckets no other test or run touches."""
+    """Items covering every kind of answer, on buckets and ids no other test or run touches."""
     u, t, m = fresh("user_id"), fresh("team"), fresh("model")
+    first, elastic, late = reservation_id(), reservation_id(), reservation_id()
     return [
-        item("reserve", {**u, "hits_addend": 100}),
-        item("reserve", {**u, "hits_addend": 10, "max_hits": 4000}, {**t, "hits_addend": 10, "max_hits": 4000}),
+        item("reserve", {**u, "hits_addend": 100}, id=first),
+        item("reserve", {**u, "hits_addend": 10, "per_grant": 1}, {**t, "hits_addend": 10, "per_grant": 1},
+             id=elastic, max_grant=4000),
         item("reserve", {**t, "hits_addend": 5}),
-        item("settle", {**u, "hits_addend": -50}, {**t, "hits_addend": 25}),
-        item("reserve", {**u, "hits_addend": 0}),
+        item("settle", {**u, "hits_addend": 50}, id=first),
+        item("settle", {**u, "hits_addend": 50}, id=first),  # a duplicate: nothing changes
         item("reserve", {**u, "hits_addend": 1}, {**m, "hits_addend": 20}),
-        item("settle", {**t, "hits_addend": "-3"}),
+        item("settle", {**u, "hits_addend": 5}, {**t, "hits_addend": "3"}, id=elastic),
+        item("reserve", {**u, "hits_addend": 2}, hits_addend=3, id=elastic),  # closed: 409
         item("reserve", {**u, "hits_addend": 2}, hits_addend=3),
         item("reserve", {**fresh("user_id"), "limit": {"requests_per_unit": 2, "unit": "HOUR"}, "hits_addend": 3}),
         item("settle", {**u, "hits_addend": 1}, domain=""),
@@ -144,18 +167,22 @@ def scenario() -> list[dict]:
         item("settle", descriptor(("plan", "unlimited"))),
         item("settle", {**u, "hits_addend": 5}, domain="nowhere"),
         item("settle", {**t, "hits_addend": 400}),  # into debt: OVER_LIMIT in the status, still 200
-        item("reserve", {**t, "hits_addend": 0}),  # a check in debt
+        item("budget", {"entries": t["entries"]}, id=None),  # a view of the debt
+        item("extend", id=late, lease_ms=1000),  # nothing to extend
         item("reserve", {**u, "hits_addend": 3}, {**t, "hits_addend": 0}, {**m, "hits_addend": 0}),
     ]
 
 
 DURATION = re.compile(r"'(\d+)s'")
+TIMESTAMP = re.compile(r"'(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)'")
 
 
 def normalized(status: int, body: dict) -> tuple[int, str, list[int]]:
-    """(status, body with bucket ids and durations blanked, the durations in seconds)."""
+    """(status, body with bucket ids, durations and times blanked, those durations and times in seconds)."""
     text = re.sub(r"[0-9a-f]{32}", "ID", repr(body))
-    return status, DURATION.sub("'Ns'", text), [int(s) for s in DURATION.findall(text)]
+    seconds = [int(s) for s in DURATION.findall(text)]
+    seconds += [int(datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").timestamp()) for t in TIMESTAMP.findall(text)]
+    return status, TIMESTAMP.sub("'T'", DURATION.sub("'Ns'", text)), seconds
 
 
 def test_each_item_answers_exactly_as_its_single_call(service):
@@ -169,15 +196,18 @@ def test_each_item_answers_exactly_as_its_single_call(service):
     batched = answers(batch(service, *batch_items))
     # A bucket's durationUntilReset counts down with the clock: the batch runs this much
     # later than the first single call, however loaded the machine is.
-    late = math.ceil(time.monotonic() - started) + 1
-    assert [s for s, _ in singles] == [200, 200, 429, 200, 200, 200, 200, 200, 429, 400, 400, 200, 200, 200, 429, 429]
-    assert singles[13][1]["statuses"][0]["code"] == "OVER_LIMIT"
+    slack = math.ceil(time.monotonic() - started) + 1
+    assert [s for s, _ in singles] == [
+        200, 200, 429, 200, 200, 200, 200, 409, 200, 429, 400, 400, 200, 200, 200, 200, 200, 429,
+    ]
+    assert singles[4][1]["duplicate"] is True and singles[14][1]["statuses"][0]["code"] == "OVER_LIMIT"
+    assert singles[15][1]["statuses"][0]["spent"] == 403 and singles[16][1] == {"extended": False}
     for (status, text, durations), (want_status, want_text, want_durations) in zip(
         map(lambda a: normalized(*a), batched), map(lambda a: normalized(*a), singles), strict=True,
     ):
         assert (status, text) == (want_status, want_text)
         assert len(durations) == len(want_durations)
-        assert all(abs(a - b) <= late for a, b in zip(durations, want_durations)), (durations, want_durations)
+        assert all(abs(a - b) <= slack for a, b in zip(durations, want_durations)), (durations, want_durations)
 
 
 def test_a_malformed_batch_is_a_400_naming_the_problem_and_decides_nothing(service):
@@ -194,10 +224,11 @@ def test_a_malformed_batch_is_a_400_naming_the_problem_and_decides_nothing(servi
     for raw, message in cases:
         r = httpx.post(url, content=raw, timeout=5)
         assert r.status_code == 400 and r.json()["error"].startswith(message), (raw, r.text)
+    ops = "items[1].op must be reserve, settle, extend or budget"
     for bad, message in [
-        ({"domain": "tokens", "descriptors": []}, "items[1].op must be reserve or settle"),
-        ({**good, "op": "json"}, "items[1].op must be reserve or settle"),
-        ({**good, "op": ["reserve"]}, "items[1].op must be reserve or settle"),
+        ({"domain": "tokens", "descriptors": []}, ops),
+        ({**good, "op": "json"}, ops),
+        ({**good, "op": ["reserve"]}, ops),
         ("reserve", "items[1] must be an object"),
     ]:
         r = httpx.post(url, json={"items": [good, bad, good]}, timeout=5)
@@ -224,13 +255,15 @@ def test_items_are_counted_in_the_decision_metrics_under_their_own_api(service):
         )
 
     t = fresh("team")
+    first = reservation_id()
     before = counts()
     answers(batch(
         service,
+        item("reserve", {**t, "hits_addend": 200}, id=first),
         item("reserve", {**t, "hits_addend": 200}),
-        item("reserve", {**t, "hits_addend": 200}),
-        item("settle", {**t, "hits_addend": -200}),
+        item("settle", {**t, "hits_addend": 0}, id=first),  # released
         item("reserve", {**t, "hits_addend": 50}),
+        item("budget", {"entries": t["entries"]}, id=None),  # a view, not a decision
     ))
     after = counts()
     assert [a - b for a, b in zip(after, before)] == [2, 1, 1, 250, 1]

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from tests.harness.ratelimit import descriptor, metric, start_service
+from tests.harness.ratelimit import descriptor, launch_service, metric, reservation_id, start_service
 
 CONFIG = "domain: d\ndescriptors:\n  - key: user_id\n    rate_limit: {unit: hour, requests_per_unit: 100}\n"
 ITEMS = 1000
@@ -61,8 +61,8 @@ class CountingRelay:
 
 
 def batch_of_reserves(base: str, users: list[str], timeout: float = 30) -> tuple[list[dict], float]:
-    items = [{"op": "reserve", "domain": "d", "descriptors": [descriptor(("user_id", u), hits_addend=1)]}
-             for u in users]
+    items = [{"op": "reserve", "domain": "d", "id": reservation_id(),
+              "descriptors": [descriptor(("user_id", u), hits_addend=1)]} for u in users]
     started = time.monotonic()
     r = httpx.post(f"{base}/v1/batch", json={"items": items}, timeout=timeout)
     elapsed = time.monotonic() - started
@@ -107,10 +107,11 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
 def test_an_unreachable_redis_fails_the_items_within_one_connect_timeout(config_dir):
     listener, fillers = blackhole()
     port = listener.getsockname()[1]
-    proc, base = start_service(config_dir, f"redis://127.0.0.1:{port}/0")
+    proc, base = launch_service(config_dir, f"redis://127.0.0.1:{port}/0", ready_status=503)
     try:
-        items = [{"op": "reserve", "domain": "d", "descriptors": [descriptor(("user_id", str(i)))]} for i in range(200)]
-        items.append({"op": "settle", "domain": "elsewhere", "descriptors": [descriptor(("user_id", "x"))]})
+        items = [{"op": "reserve", "domain": "d", "id": f"r{i}", "descriptors": [descriptor(("user_id", str(i)))]}
+                 for i in range(200)]
+        items.append({"op": "settle", "domain": "elsewhere", "id": "x", "descriptors": [descriptor(("user_id", "x"))]})
         started = time.monotonic()
         r = httpx.post(f"{base}/v1/batch", json={"items": items}, timeout=30)
         elapsed = time.monotonic() - started

@@ -6,11 +6,11 @@ import uuid
 import httpx
 import pytest
 import redis
-from tests.harness.ratelimit import call, descriptor, metric, serving
+from tests.harness.ratelimit import call, descriptor, metric, reservation_id, serving
 
 from ratelimit_service.batch import run_batch
 from ratelimit_service.config import load_texts
-from ratelimit_service.limiter import RESERVE, Check, Limiter, LimiterError, bucket_key, load_script
+from ratelimit_service.limiter import RESERVE, Call, Check, Limiter, LimiterError, bucket_key, load_script
 from ratelimit_service.redis_client import PipelinedRedis
 from ratelimit_service.service import Service
 from ratelimit_service.stats import Stats
@@ -35,8 +35,9 @@ def user() -> str:
     return uuid.uuid4().hex
 
 
-def item(op: str, who: str, hits: int, domain: str = "d") -> dict:
-    return {"op": op, "domain": domain, "descriptors": [descriptor(("user_id", who), hits_addend=hits)]}
+def item(op: str, who: str, hits: int, domain: str = "d", rid: str | None = None) -> dict:
+    return {"op": op, "domain": domain, "id": rid or reservation_id(),
+            "descriptors": [descriptor(("user_id", who), hits_addend=hits)]}
 
 
 def batch(base: str, *items: dict) -> list[tuple[int, dict]]:
@@ -46,8 +47,8 @@ def batch(base: str, *items: dict) -> list[tuple[int, dict]]:
 
 
 def left(base: str, who: str) -> int:
-    reply = call(base, "d", descriptor(("user_id", who), hits_addend=0), path="/v1/reserve").json()
-    return reply["statuses"][0].get("limitRemaining", 0)
+    reply = call(base, "d", descriptor(("user_id", who)), path="/v1/budget").json()
+    return reply["statuses"][0]["limitRemaining"]
 
 
 def evalsha_calls(store) -> int:
@@ -58,7 +59,9 @@ def test_a_batch_is_one_script_call(service, store):
     users = [user() for _ in range(10)]
     batch(service, item("reserve", users[0], 1))  # the script is cached from here on
     before = evalsha_calls(store)
-    items = [item("reserve", u, 0) for u in users] + [item("settle", u, 30) for u in users]
+    ids = [reservation_id() for _ in users]
+    items = [item("reserve", u, 0, rid=r) for u, r in zip(users, ids)]
+    items += [item("settle", u, 30, rid=r) for u, r in zip(users, ids)]
     items.append(item("settle", user(), 30, domain="nowhere"))  # needs no Redis
     replies = batch(service, *items)
     assert evalsha_calls(store) - before == 1
@@ -92,7 +95,8 @@ def test_an_item_redis_fails_fails_alone_and_the_others_are_decided(service, sto
         item("settle", b, 7),
     )
     assert [s for s, _ in replies] == [200, 500, 500, 200]
-    single = call(service, "d", descriptor(("user_id", wrong_type), hits_addend=1), path="/v1/reserve")
+    single = call(service, "d", descriptor(("user_id", wrong_type), hits_addend=1), path="/v1/reserve",
+                  id=reservation_id())
     wrong = "rate limit store unavailable: WRONGTYPE Operation against a key holding the wrong kind of value"
     assert single.status_code == 500 and single.json()["error"].startswith(wrong)
     assert replies[1][1]["error"].startswith(wrong)
@@ -111,11 +115,12 @@ async def test_a_reply_that_does_not_match_the_batch_fails_every_item(redis_url)
     """A script answering the wrong number of lines must not leave an item answered by another's reply."""
     lim = Limiter(PipelinedRedis(redis_url), script="return 'one line'")
     with pytest.raises(LimiterError, match="answered 1 replies for 2 requests"):
-        await lim.decide_many([(RESERVE, [Check(fresh(), "tb", 10, 60, 1)])] * 2)
+        await lim.decide_many([Call(RESERVE, [Check(fresh(), "tb", 10, 60, 1)], id="r", descriptors=1)] * 2)
     stats = Stats()
     service = Service(load_texts([("d.yaml", CONFIG)]), lim, stats)
-    items = [("reserve", {"domain": "d", "descriptors": [descriptor(("user_id", user()))]}) for _ in range(3)]
-    items.append(("settle", {"domain": "nowhere", "descriptors": [descriptor(("user_id", "x"))]}))
+    items = [("reserve", {"domain": "d", "id": reservation_id(), "descriptors": [descriptor(("user_id", user()))]})
+             for _ in range(3)]
+    items.append(("settle", {"domain": "nowhere", "id": "x", "descriptors": [descriptor(("user_id", "x"))]}))
     answers = (await run_batch(service, items))["items"]
     error = "rate limit store unavailable: the batch script answered 1 replies for 3 requests"
     assert answers[:3] == [{"status": 500, "body": {"error": error}}] * 3

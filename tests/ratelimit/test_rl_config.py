@@ -34,7 +34,27 @@ def rate_limit(body: str) -> str:
     (rate_limit("unit: day\nrequests_per_unit: 1\nname: me\nreplaces:\n  - name: me\n"),
      "f.yaml:8: replaces should not contain name of same descriptor"),
     (rate_limit("unit: day\nrequests_per_unit: 1\nalgorithm: leaky_bucket\n"),
-     "f.yaml:7: invalid rate limit algorithm 'leaky_bucket' (token_bucket or fixed_window)"),
+     "f.yaml:7: invalid rate limit algorithm 'leaky_bucket' (token_bucket, fixed_window or calendar)"),
+    (rate_limit("unit: hour\nrequests_per_unit: 1\nalgorithm: calendar\n"),
+     "f.yaml:7: algorithm calendar needs unit day, week, month or year, not 'hour'"),
+    (rate_limit("unit: day\nrequests_per_unit: 1\ntimezone: Europe/Berln\n"), "f.yaml:7: unknown timezone 'Europe/Berln'"),
+    (rate_limit("unit: day\nrequests_per_unit: 1\ntimezone: America\n"), "f.yaml:7: unknown timezone 'America'"),
+    (rate_limit("unit: hour\nrequests_per_unit: 1\ntimezone: Asia/Kolkata\n"),
+     "f.yaml:7: timezone applies only to calendar windows (unit day, week, month or year; algorithm calendar)"),
+    (rate_limit("unit: day\nrequests_per_unit: 1\nalgorithm: fixed_window\ntimezone: UTC\n"),
+     "f.yaml:8: timezone applies only to calendar windows"),
+    (rate_limit("unit: month\nusd: 50\nrequests_per_unit: 5\n"),
+     "f.yaml:6: should not specify both requests_per_unit and usd"),
+    (rate_limit("unlimited: true\nusd: 5\n"), "f.yaml:6: should not specify usd when unlimited"),
+    (rate_limit("unit: month\nusd: 0\n"),
+     "f.yaml:6: invalid usd '0': a positive amount of dollars with at most 6 decimals"),
+    (rate_limit("unit: month\nusd: '-5'\n"), "f.yaml:6: invalid usd '-5'"),
+    (rate_limit("unit: month\nusd: '0.0000001'\n"), "f.yaml:6: invalid usd '0.0000001'"),
+    (rate_limit("unit: month\nusd: ten\n"), "f.yaml:6: invalid usd 'ten'"),
+    (rate_limit("unit: month\nusd: '9007199254.740993'\n"),
+     "f.yaml:6: usd 9007199254.740993 is over the largest budget, 9007199254.740992"),
+    (rate_limit("unit: month\nusd: 12.1234567\n"), "f.yaml:6: invalid usd '12.1234567'"),
+    (rate_limit("unit: month\nrequests_per_unit: 1.5\n"), "f.yaml:6: error checking config"),
     ("domain: d\ndescriptors:\n  - key: a\n    ratelimit: {}\n", "f.yaml:4: config error, unknown key 'ratelimit'"),
     ("domain: d\ndescriptors:\n  - key: a\n    quota_mode: true\n", "f.yaml:4: config error, unknown key 'quota_mode'"),
     ("domain: d\n7: x\n", "f.yaml:2: config error, key is not of type string: 7"),
@@ -159,3 +179,43 @@ def test_matching_follows_envoy():
     assert rpu(("leaf", "x"), ("more", "y")) is None  # the request is deeper than the config
     assert rpu(("unknown", "x")) is None and config.find("nope", (("k", "x"),)) is None
     assert runtime_key((("a", "1"), ("b", ""))) == "a_1.b"
+
+
+@pytest.mark.parametrize("body, algorithm", [
+    ("unit: second\nrequests_per_unit: 1\n", "tb"), ("unit: minute\nrequests_per_unit: 1\n", "tb"),
+    ("unit: hour\nrequests_per_unit: 1\n", "tb"), ("unit: day\nrequests_per_unit: 1\n", "cal"),
+    ("unit: week\nrequests_per_unit: 1\n", "cal"), ("unit: month\nrequests_per_unit: 1\n", "cal"),
+    ("unit: year\nrequests_per_unit: 1\n", "cal"),
+    ("unit: day\nrequests_per_unit: 1\nalgorithm: token_bucket\n", "tb"),
+    ("unit: day\nrequests_per_unit: 1\nalgorithm: fixed_window\n", "fw"),
+    ("unit: minute\nrequests_per_unit: 1\nalgorithm: fixed_window\n", "fw"),
+])
+def test_calendar_windows_are_the_default_from_a_day_up(body, algorithm):
+    config = load_texts([("f.yaml", rate_limit(body))])
+    assert config.find("d", (("a", "x"),)).limit.algorithm == algorithm
+
+
+@pytest.mark.parametrize("usd, micros", [
+    ("50", 50_000_000), ("'49.99'", 49_990_000), ("'0.000001'", 1), ("'12.500000'", 12_500_000),
+    ("'9007199254.740992'", 2**53), ('"1e3"', 1_000_000_000),
+])
+def test_usd_budgets_are_whole_micro_dollars(usd, micros):
+    config = load_texts([("f.yaml", rate_limit(f"unit: month\nusd: {usd}\n"))])
+    limit = config.find("d", (("a", "x"),)).limit
+    assert (limit.requests_per_unit, limit.usd) == (micros, True)
+    assert limit.current_limit == {"requestsPerUnit": micros, "unit": "MONTH"}  # /json: envoy's fields
+    assert limit.v1_limit == {"requestsPerUnit": micros, "unit": "MONTH", "usd": True}
+
+
+def test_timezone_is_kept_with_its_calendar_limit():
+    config = load_texts([("f.yaml", rate_limit("unit: day\nrequests_per_unit: 5\ntimezone: Asia/Kolkata\n"))])
+    limit = config.find("d", (("a", "x"),)).limit
+    assert (limit.algorithm, limit.timezone) == ("cal", "Asia/Kolkata")
+    default = load_texts([("f.yaml", rate_limit("unit: day\nrequests_per_unit: 5\n"))])
+    assert default.find("d", (("a", "x"),)).limit.timezone == "UTC"
+
+
+def test_decimal_dollars_are_read_exactly_as_written():
+    text = "domain: d\ndescriptors:\n  - key: team\n    rate_limit: {unit: month, usd: 49.99}\n"
+    (match,) = [load_texts([("f.yaml", text)]).find("d", (("team", "eng"),))]
+    assert match.limit.requests_per_unit == 49_990_000  # float("49.99") * 1e6 is 49989999.99...

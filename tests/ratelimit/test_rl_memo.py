@@ -15,16 +15,17 @@ def config(limit: int, algorithm: str = "token_bucket"):
 
 
 def request(user: str):
-    return parse_document({"domain": "d", "descriptors": [{"entries": [{"key": "user_id", "value": user}]}]}, RESERVE)
+    entries = [{"key": "user_id", "value": user}]
+    return parse_document({"domain": "d", "id": "r1", "descriptors": [{"entries": entries}]}, RESERVE)
 
 
 def test_a_new_config_is_matched_afresh():
     stats = Stats()
     svc = Service(config(10), Limiter(MemoryBackend()), stats)
-    [check] = svc.plan(RESERVE, request("mike")).checks
+    [check] = svc.plan(RESERVE, request("mike")).call.checks
     assert (check.capacity, check.key) == (10, "tollgate:rl:tb:d:user_id=mike")
     svc.config = config(50, "fixed_window")  # what a reload does
-    [check] = svc.plan(RESERVE, request("mike")).checks
+    [check] = svc.plan(RESERVE, request("mike")).call.checks
     assert (check.capacity, check.algorithm, check.key) == (50, "fw", "tollgate:rl:fw:d:user_id=mike")
     stats.shutdown()
 
@@ -34,7 +35,7 @@ def test_the_memo_is_bounded(monkeypatch):
     stats = Stats()
     svc = Service(config(10), Limiter(MemoryBackend()), stats)
     for i in range(250):
-        [check] = svc.plan(RESERVE, request(f"user{i}")).checks
+        [check] = svc.plan(RESERVE, request(f"user{i}")).call.checks
         assert check.key == f"tollgate:rl:tb:d:user_id=user{i}"
         assert len(svc.config.memo) <= 100
     stats.shutdown()
