@@ -53,6 +53,11 @@ def environment_token() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+# What each call's answer must hold to be believed.
+_ANSWER = {"extend": "extended"}
+_SHAPE = {"reserve": list, "settle": list, "budget": list, "extend": bool}
+
+
 @dataclass
 class _Call:
     item: bytes  # the call's JSON, with its "op": encoded when submitted, so a bad one fails alone
@@ -136,7 +141,7 @@ class Channel:
         timeout = max(0.05, max(c.deadline for c in calls) - asyncio.get_running_loop().time())
         if len(calls) == 1:
             status, body = await self._request(f"/v1/{calls[0].op}", calls[0].single, timeout)
-            return [self._result(status, body)]
+            return [self._result(calls[0].op, status, body)]
         status, body = await self._request("/v1/batch", b'{"items":[%s]}' % b",".join(c.item for c in calls),
                                            timeout)
         items = body.get("items") if status == 200 and isinstance(body, dict) else None
@@ -144,8 +149,8 @@ class Channel:
             # Never guess which answer belongs to which call.
             raise RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to a batch of "
                                     f"{len(calls)} without an answer per call")
-        return [self._result(i.get("status", 500), i.get("body") or {}) if isinstance(i, dict)
-                else RemoteUnavailable("a malformed batch answer") for i in items]
+        return [self._result(c.op, i.get("status", 500), i.get("body") or {}) if isinstance(i, dict)
+                else RemoteUnavailable("a malformed batch answer") for c, i in zip(calls, items)]
 
     async def _request(self, path: str, body: bytes, timeout: float) -> tuple[int, dict]:
         try:
@@ -158,11 +163,15 @@ class Channel:
     def close(self) -> None:
         self._pool.close()
 
-    def _result(self, status: int, body: dict):
-        if status not in (200, 409, 429) or not isinstance(body, dict):
-            error = body.get("error", "") if isinstance(body, dict) else ""
-            return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status}: {error}")
-        return status, body
+    def _result(self, op: str, status: int, body):
+        """(status, body), or the RemoteUnavailable that answers a reply without the shape
+        its call needs (a decision without statuses is never taken for an OK)."""
+        if not isinstance(body, dict):
+            return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} without a JSON object")
+        if status == 409 or (status in (200, 429) and isinstance(body.get(_ANSWER.get(op, "statuses")), _SHAPE[op])):
+            return status, body
+        error = body.get("error") or "a reply without the fields of its call"
+        return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to {op}: {error}")
 
 
 def _consume(future: asyncio.Future) -> None:

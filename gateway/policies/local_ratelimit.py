@@ -82,8 +82,9 @@ class TokenBucket:
             remaining=max(0, math.floor(self._tokens)),
             reset_after=self._seconds_until(lim.max_tokens),
             retry_after=0.0 if allowed else self._seconds_until(max(amount, 1)),
-            tripped=f"local {lim.type} limit of this gateway (localRateLimit maxTokens={lim.max_tokens}) "
-                    f"exhausted; it refills {lim.fill} every {lim.fill_interval:g}s",
+            tripped=f"this gateway's {'token' if lim.type == 'tokens' else 'request'} rate limit "
+                    f"(localRateLimit maxTokens={lim.max_tokens}) exhausted; it refills {lim.fill} "
+                    f"every {lim.fill_interval:g}s",
         )
 
 

@@ -204,8 +204,10 @@ class Descriptor:
     def kind(self) -> DescriptorType:
         return self.config.limit_type
 
-    def as_json(self, hits: int, per_grant: float | None = None) -> dict:
-        out = {"entries": [{"key": k, "value": v} for k, v in self.entries], "hits_addend": hits}
+    def as_json(self, hits: int | None = None, per_grant: float | None = None) -> dict:
+        out: dict = {"entries": [{"key": k, "value": v} for k, v in self.entries]}
+        if hits is not None:
+            out["hits_addend"] = hits
         if per_grant is not None:
             out["per_grant"] = per_grant
         return out
@@ -408,7 +410,7 @@ class RemoteLimiter:
             descriptors.append(Descriptor(config, entries, False))
         if not descriptors:
             return []
-        _, body = await self.client.budget(target, [d.as_json(0) for d in descriptors])
+        _, body = await self.client.budget(target, [d.as_json() for d in descriptors])
         rows = []
         for d, raw in zip(descriptors, body.get("statuses", [])):
             s = parse_status(raw)

@@ -1,10 +1,12 @@
 """Status codes, streaming accounting, reload and shutdown of one real gateway."""
 
 import json
+import math
 import re
 import signal
 import socket
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -187,7 +189,7 @@ def test_spend_in_usd_per_key_from_the_model_catalog(run):
     text = httpx.get(f"{gw.admin}/metrics").text
     costs = {m.group(1): float(m.group(2)) for m in re.finditer(
         r'tollgate_gen_ai_client_cost_usd_total\{[^}]*user_id="(\w*)"[^}]*\} ([0-9.e+-]+)', text)}
-    expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
-    assert costs["u1"] == pytest.approx(expected)
-    assert costs[""] == pytest.approx(expected)
+    # Whole micro-dollars, rounded up once per call: the figure a dollar budget is charged.
+    micros = math.ceil(usage["prompt_tokens"] * Decimal("0.15") + usage["completion_tokens"] * Decimal("0.6"))
+    assert costs["u1"] == costs[""] == micros / 1e6
     assert re.search(r'tollgate_gen_ai_client_token_usage_sum\{[^}]*gen_ai_token_type="output"[^}]*user_id="u1"', text)

@@ -77,12 +77,12 @@ def test_admission_is_all_or_nothing_and_settle_replaces_the_estimate():
     assert tokens.verdict(True).remaining == 30 and hold.remaining() == {"tokens": 30, "requests": 1}
     with pytest.raises(BudgetExceeded) as refused:  # does not fit the tokens bucket
         admit(limiter, limits, 31)
-    assert "tokens" in refused.value.verdict.tripped
+    assert "token rate limit" in refused.value.verdict.tripped
     assert requests.verdict(True).remaining == 1  # the requests bucket was not charged
     admit(limiter, limits, 0)
     with pytest.raises(BudgetExceeded) as refused:
         admit(limiter, limits, 0)
-    assert "requests" in refused.value.verdict.tripped
+    assert "request rate limit" in refused.value.verdict.tripped
 
 
 def test_buckets_survive_reload_unless_their_limit_changes():

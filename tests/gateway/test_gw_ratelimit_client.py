@@ -1,12 +1,16 @@
 """The rate-limit client against the real service app, served in this process on memory://:
-concurrent calls coalesce into batches, and a settle is retried until it lands."""
+concurrent calls coalesce into batches, every caller waits at most its own timeout, a
+settle is retried until it lands, held reservations are kept alive, and the token is sent."""
 
 import asyncio
 import contextlib
+import json
 
 import uvicorn
 
-from gateway.ratelimit_client import RateLimitClient
+from gateway import ratelimit_client
+from gateway.policies.remote_ratelimit import RemoteTarget
+from gateway.ratelimit_client import RateLimitClient, RemoteUnavailable
 from ratelimit_service.config import load_texts
 from ratelimit_service.limiter import Limiter, MemoryBackend
 from ratelimit_service.server import create_app
@@ -23,9 +27,10 @@ descriptors:
 
 
 @contextlib.asynccontextmanager
-async def service(port: int):
+async def service(port: int, token: str | None = None):
     stats = Stats()
-    app = create_app(Service(load_texts([("d.yaml", DOMAIN)]), Limiter(MemoryBackend()), stats), stats)
+    service = Service(load_texts([("d.yaml", DOMAIN)]), Limiter(MemoryBackend()), stats)
+    app = create_app(service, stats, token=token)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -37,21 +42,26 @@ async def service(port: int):
         await task
 
 
+def target(port: int, timeout: float = 1.0, token: str | None = None) -> RemoteTarget:
+    fields = {"host": f"127.0.0.1:{port}", "domain": "budgets", "timeout": timeout,
+              "descriptors": [{"entries": [{"key": "user_id", "value": "apiKey.user_id"}]}]}
+    return RemoteTarget.model_validate({**fields, **({"token": token} if token else {})})
+
+
 def descriptor(user: str, hits: int) -> list[dict]:
     return [{"entries": [{"key": "user_id", "value": user}], "hits_addend": hits}]
 
 
-async def remaining(client: RateLimitClient, host: str, user: str) -> int:
-    _, body = await client.reserve(host, "budgets", descriptor(user, 0), 1.0)
+async def remaining(client: RateLimitClient, t: RemoteTarget, user: str) -> int:
+    _, body = await client.budget(t, [{"entries": [{"key": "user_id", "value": user}]}])
     return body["statuses"][0]["limitRemaining"]
 
 
 async def test_concurrent_calls_share_batches_and_each_gets_its_own_answer():
     port = free_port()
-    host = f"127.0.0.1:{port}"
-    client = RateLimitClient()
+    t, client = target(port), RateLimitClient()
     async with service(port) as stats:
-        answers = await asyncio.gather(*(client.reserve(host, "budgets", descriptor(f"u{i}", i + 1), 1.0)
+        answers = await asyncio.gather(*(client.reserve(t, f"r{i}", 60.0, descriptor(f"u{i}", i + 1))
                                          for i in range(50)))
         assert [status for status, _ in answers] == [200] * 50
         assert [body["statuses"][0]["limitRemaining"] for _, body in answers] == [10**6 - i - 1 for i in range(50)]
@@ -61,16 +71,89 @@ async def test_concurrent_calls_share_batches_and_each_gets_its_own_answer():
     await client.close()
 
 
-async def test_a_settle_is_retried_until_the_service_takes_it():
+async def test_a_settle_is_retried_until_the_service_takes_it_and_counts_once():
     port = free_port()
-    host = f"127.0.0.1:{port}"
-    client = RateLimitClient()
-    client.settle(host, "budgets", descriptor("late", 40), 0.2)  # nothing listens yet
+    t, client = target(port, 0.2), RateLimitClient()
+    client.settle(t, "late-1", descriptor("late", 40))  # nothing listens yet
+    client.settle(t, "late-1", descriptor("late", 40))  # a retry of the same settle
     await asyncio.sleep(0.3)
     async with service(port):
         for _ in range(100):  # bounded: the retries back off from 50 ms
-            if await remaining(client, host, "late") == 10**6 - 40:
+            if await remaining(client, t, "late") < 10**6:
                 break
             await asyncio.sleep(0.05)
-        assert await remaining(client, host, "late") == 10**6 - 40
+        await client.close()  # every pending settle delivered
+        assert await remaining(RateLimitClient(), t, "late") == 10**6 - 40  # charged once, not twice
+
+
+async def test_each_caller_waits_its_own_timeout_and_a_malformed_reply_fails_at_once():
+    """A stalled service: a reserve (0.3 s) does not wait for the settles queued with it
+    (5 s). A service that answers a batch without items fails every call in it at once."""
+    hung = await asyncio.start_server(lambda r, w: asyncio.sleep(30), "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    client = RateLimitClient()
+    for i in range(3):
+        client.settle(target(port), f"s{i}", descriptor("x", 1))  # on the wire, never answered
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await client.reserve(target(port, 0.3), "r", 60.0, descriptor("x", 1))
+    except RemoteUnavailable:
+        pass
+    assert loop.time() - started < 2.0  # the reserve's 0.3 s, not the settles' 5 s
+    hung.close()
+
+    async def broken_batch(reader, writer):
+        body = json.dumps({"nothing": "here"}).encode()
+        while True:  # every request on the connection, each answered without its fields
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    broken = await asyncio.start_server(broken_batch, "127.0.0.1", 0)
+    t = target(broken.sockets[0].getsockname()[1], 5.0)
+    started = loop.time()
+    results = await asyncio.gather(*(client.reserve(t, f"b{i}", 60.0, descriptor("x", 1)) for i in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RemoteUnavailable) for r in results)
+    assert loop.time() - started < 2.0  # failed when the reply came, not at the timeout
+    broken.close()
+    for task in client._pending:
+        task.cancel()
+
+
+async def test_held_reservations_are_kept_alive_until_settled(monkeypatch):
+    monkeypatch.setattr(ratelimit_client, "KEEPALIVE_SECONDS", 0.05)
+    port = free_port()
+    t, client = target(port), RateLimitClient()
+    async with service(port) as stats:
+        status, _ = await client.reserve(t, "long", 0.2, descriptor("streamer", 500))
+        assert status == 200
+        await asyncio.sleep(0.6)  # three leases long: extended, so still held
+        assert await remaining(client, t, "streamer") == 10**6 - 500
+        assert stats.requests[("/v1/extend", "200")] + stats.requests[("/v1/batch", "200")] >= 2
+        client.settle(t, "long", descriptor("streamer", 120))
+        await asyncio.sleep(0.3)
+        assert await remaining(client, t, "streamer") == 10**6 - 120
     await client.close()
+
+
+async def test_the_token_is_sent_from_the_config_or_the_environment(monkeypatch, tmp_path):
+    port = free_port()
+    async with service(port, token="s3cret"):
+        refused = RateLimitClient()
+        try:
+            await refused.reserve(target(port), "t0", 60.0, descriptor("t", 1))
+        except RemoteUnavailable as e:
+            assert "401" in str(e)
+        else:
+            raise AssertionError("a call without the token must be refused")
+        status, _ = await RateLimitClient().reserve(target(port, token="s3cret"), "t1", 60.0, descriptor("t", 1))
+        assert status == 200
+        (tmp_path / "token").write_text("s3cret\n")
+        monkeypatch.setenv(ratelimit_client.TOKEN_FILE_ENV, str(tmp_path / "token"))
+        status, _ = await RateLimitClient().reserve(target(port), "t2", 60.0, descriptor("t", 1))
+        assert status == 200
