@@ -6,12 +6,16 @@ command line, and each request may override them with headers:
 `x-mock-completion-tokens`, `x-mock-prompt-tokens`, `x-mock-chunks`,
 `x-mock-delay-ms` (before the response starts), `x-mock-chunk-delay-ms` (between
 stream chunks) and `x-mock-status` (answer with that error status instead).
+OpenAI's `n` is honoured (n answers, usage summed); `--drop-after N` breaks every
+stream off after N content pieces, as a provider whose connection drops would.
 
 Prompt tokens are counted from the messages (words and punctuation marks plus
 OpenAI's per-message framing); completion tokens are one word each, capped by the
 request's max_tokens. The last 100 requests are kept for tests at
 `GET /_mock/requests` as `{"requests": [{method, path, headers, body}]}` (the body
 parsed when it is JSON); `DELETE` clears them; `--no-record` turns this off.
+`GET /_mock/usage` totals what the mock billed: the usage it reported, and for a
+dropped stream its prompt plus the words sent (`DELETE` resets it).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ SSE = "text/event-stream"
 WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
          "incididunt ut labore et dolore magna aliqua").split()
 WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
+# A stream chunk that carries answer text (OpenAI's first chunk has an empty content).
+TEXT_CHUNK = re.compile(rb'"content":"[^"]|"text_delta"')
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Settings:
     chunk_delay_ms: int = 0
     require_key: str | None = None
     record: bool = True
+    drop_after: int | None = None  # content pieces a stream sends before its connection drops
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-3.5-turbo", "claude-sonnet-4-5")
 
 
@@ -71,10 +78,15 @@ class Plan:
     chunk_delay: float
     id: str
     created: int = field(default_factory=lambda: int(time.time()))
+    choices: int = 1  # OpenAI's n: each answer is completion_tokens long
 
     @property
     def model(self) -> str:
         return self.req.model
+
+    @property
+    def billed_completion(self) -> int:
+        return self.completion_tokens * self.choices
 
     def pieces(self) -> tuple[str, ...]:
         return completion_pieces(self.completion_tokens, self.chunks)
@@ -120,6 +132,7 @@ class Mock:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.recorded: deque[dict] = deque(maxlen=100)
+        self.billed = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
         self._ids = itertools.count(1)
 
     # ---- shared request handling ------------------------------------------------
@@ -136,9 +149,28 @@ class Mock:
             await asyncio.sleep(plan.delay)
         if plan.req.stream:
             events = anthropic_events(plan) if dialect == Dialect.ANTHROPIC else openai_events(plan)
-            return StreamingResponse(events, media_type=SSE, headers={"cache-control": "no-cache"})
+            return StreamingResponse(self.billing(plan, events), media_type=SSE, headers={"cache-control": "no-cache"})
+        self.bill(plan.prompt_tokens, plan.billed_completion)
         body = anthropic_message(plan) if dialect == Dialect.ANTHROPIC else openai_completion(plan)
         return Response(to_json(body), media_type=JSON)
+
+    def bill(self, prompt: int, completion: int) -> None:
+        self.billed["prompt_tokens"] += prompt
+        self.billed["completion_tokens"] += completion
+        self.billed["requests"] += 1
+
+    async def billing(self, plan: Plan, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream, billed once it ends; with --drop-after, broken off mid-way."""
+        sent, pieces = 0, plan.pieces()
+        async for chunk in events:
+            if TEXT_CHUNK.search(chunk):
+                if sent == self.settings.drop_after:
+                    words = sum(honest_count(p) for p in pieces[:sent]) * plan.choices
+                    self.bill(plan.prompt_tokens, words)
+                    raise ConnectionAbortedError("mock: the connection drops mid-stream (--drop-after)")
+                sent += 1
+            yield chunk
+        self.bill(plan.prompt_tokens, plan.billed_completion)
 
     def plan(self, request: Request, dialect: Dialect, raw: bytes) -> Plan:
         self.check_key(request, dialect)
@@ -165,7 +197,7 @@ class Mock:
             chunks=asked.get("x-mock-chunks", s.chunks),
             delay=asked.get("x-mock-delay-ms", s.delay_ms) / 1000,
             chunk_delay=asked.get("x-mock-chunk-delay-ms", s.chunk_delay_ms) / 1000,
-            id=f"mock-{next(self._ids)}",
+            id=f"mock-{next(self._ids)}", choices=req.choices,
         )
 
     def check_key(self, request: Request, dialect: Dialect) -> None:
@@ -212,6 +244,11 @@ class Mock:
                     "data": [{"id": n, "object": "model", "created": 0, "owned_by": "mock"} for n in names]}
         return Response(to_json(body), media_type=JSON)
 
+    async def usage(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.billed = dict.fromkeys(self.billed, 0)
+        return Response(json.dumps(self.billed), media_type=JSON)
+
     async def requests(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.recorded.clear()
@@ -224,16 +261,17 @@ class Mock:
 # ---- OpenAI bodies ----------------------------------------------------------------
 
 def openai_usage(plan: Plan) -> dict:
-    return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.completion_tokens,
-            "total_tokens": plan.prompt_tokens + plan.completion_tokens}
+    return {"prompt_tokens": plan.prompt_tokens, "completion_tokens": plan.billed_completion,
+            "total_tokens": plan.prompt_tokens + plan.billed_completion}
 
 
 def openai_completion(plan: Plan) -> dict:
     message = {"role": "assistant", "content": plan.text(), "refusal": None}
-    choice = {"index": 0, "message": message, "logprobs": None,
-              "finish_reason": "length" if plan.truncated else "stop"}
+    finish = "length" if plan.truncated else "stop"
+    choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+               for i in range(plan.choices)]
     return {"id": f"chatcmpl-{plan.id}", "object": "chat.completion", "created": plan.created,
-            "model": plan.model, "choices": [choice], "usage": openai_usage(plan)}
+            "model": plan.model, "choices": choices, "usage": openai_usage(plan)}
 
 
 async def openai_events(plan: Plan) -> AsyncIterator[bytes]:
@@ -244,8 +282,8 @@ async def openai_events(plan: Plan) -> AsyncIterator[bytes]:
         head["usage"] = None  # as OpenAI does once include_usage is on
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return frame(None, to_json({**head, "choices": [choice]}))
+        choices = [{"index": i, "delta": delta, "logprobs": None, "finish_reason": finish} for i in range(plan.choices)]
+        return frame(None, to_json({**head, "choices": choices}))
 
     yield chunk({"role": "assistant", "content": ""})
     for piece in plan.pieces():
@@ -298,6 +336,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/models", mock.models, methods=["GET"]),
         Route("/healthz", mock.healthz, methods=["GET"]),
         Route("/_mock/requests", mock.requests, methods=["GET", "DELETE"]),
+        Route("/_mock/usage", mock.usage, methods=["GET", "DELETE"]),
     ])
 
 
@@ -320,6 +359,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="comma-separated names for GET /v1/models")
     p.add_argument("--no-record", action="store_true", default=env("MOCK_LLM_NO_RECORD") == "1",
                    help="do not keep requests for /_mock/requests (benchmarks)")
+    p.add_argument("--drop-after", type=int, default=env("MOCK_LLM_DROP_AFTER"),
+                   help="break every stream off after this many content pieces (a dropped connection)")
     return p.parse_args(argv)
 
 
@@ -329,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         completion_tokens=args.completion_tokens, chunks=args.chunks, delay_ms=args.delay_ms,
         chunk_delay_ms=args.chunk_delay_ms, require_key=args.require_key, record=not args.no_record,
         models=tuple(m for m in args.models.split(",") if m),
+        drop_after=int(args.drop_after) if args.drop_after is not None else None,
     )
     uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="warning",
                 access_log=False, lifespan="off")

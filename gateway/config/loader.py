@@ -8,7 +8,6 @@ listing every `file:line: message` found.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,56 +16,24 @@ from typing import Any
 from gateway.cel import compile_expr
 from gateway.config import models as m
 from gateway.config import runtime as rt
+from gateway.config.keyfiles import read_keys_dir, read_text
 from gateway.config.source import ConfigError, EnvDocument, Problem, parse_yaml
 from gateway.config.validate import validate
 from gateway.policies.apikey import ApiKey, ApiKeyPolicy, KeyEntry, KeyStore
 
 DEFAULT_BASE_URLS = {"openAI": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
-MAX_KEY_FILE = 64 * 1024  # a key file is a few hundred bytes; refuse to read a stray blob
 
 Loc = tuple[Any, ...]
 
 
 def load(path: str | os.PathLike[str]) -> rt.GatewayConfig:
     source = Path(path)
-    doc = parse_yaml(_read(source), str(path))
+    doc = parse_yaml(read_text(source), str(path))
     if not isinstance(doc.data, dict):
         what = "empty" if doc.data is None else "not a mapping"
         raise ConfigError([Problem(str(path), 1, f"config is {what}: expected 'llm:' or 'binds:'")])
     return _Builder(doc, source).build(validate(doc, m.GatewayFile))
 
-
-def read_key_file(path: Path) -> tuple[KeyEntry, EnvDocument]:
-    """One keysDir file: `{"key" | "keyHash", "metadata"?, "allowedModels"?}` as JSON."""
-    file = str(path)
-    text = _read(path, MAX_KEY_FILE)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError([Problem(file, e.lineno, f"invalid JSON: {e.msg}")]) from None
-    try:
-        doc = parse_yaml(text, file, expand_env=False)  # JSON is YAML: this gives the lines
-    except ConfigError:
-        doc = EnvDocument(file)
-    doc.data = data
-    if not isinstance(data, dict):
-        raise ConfigError([Problem(file, 1, 'a key file must hold a JSON object like {"key": "...", "metadata": {}}')])
-    return validate(doc, KeyEntry), doc
-
-
-def _read(path: Path, limit: int | None = None) -> str:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(limit + 1 if limit else -1)
-    except OSError as e:
-        raise ConfigError([Problem(str(path), 1, f"cannot read: {e.strerror or e}")]) from None
-    if limit and len(raw) > limit:
-        raise ConfigError([Problem(str(path), 1, f"file is larger than {limit} bytes")])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError([Problem(str(path), line, "file is not valid UTF-8")]) from None
 
 
 class _Builder:
@@ -180,30 +147,27 @@ class _Builder:
             directory = self.source.parent / directory
         self.keys_dirs.append(directory.absolute())
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            keys, problems = read_keys_dir(directory)
         except OSError as e:
             self.problem(loc, f"keysDir {str(directory)!r}: {e.strerror or e}")
             return
-        for entry in entries:
-            # Dot entries include a mounted Secret's `..data` and `..2024_...` directories.
-            if entry.name.startswith(".") or not _is_file(entry):
-                continue
-            try:
-                key, key_doc = read_key_file(directory / entry.name)
-            except ConfigError as e:
-                self.problems.extend(e.problems)
-                continue
-            self.add_key(store, seen, key, key_doc, ())
+        self.problems += problems
+        for key in keys:
+            if self.unique(seen, key.digest, Problem(key.path, 1, ""), f"{key.path}:1"):
+                store.put(key.digest, key.identity)
 
     def add_key(self, store: KeyStore, seen: dict[str, str], entry: KeyEntry, doc: EnvDocument, loc: Loc) -> None:
-        digest = entry.digest
+        if self.unique(seen, entry.digest, doc.problem(loc, ""), f"{doc.file}:{doc.line(loc)}"):
+            store.add(entry.digest, entry.metadata, entry.allowed_models)
+
+    def unique(self, seen: dict[str, str], digest: str, where: Problem, place: str) -> bool:
+        """True for a key not seen before; a duplicate is a problem naming where its twin is
+        (never the key itself)."""
         if digest in seen:
-            # Never echo the key: name where its twin is.
-            doc_problem = doc.problem(loc, f"duplicate API key (the same key is at {seen[digest]})")
-            self.problems.append(doc_problem)
-            return
-        seen[digest] = f"{doc.file}:{doc.line(loc)}"
-        store.add(digest, entry.metadata, entry.allowed_models)
+            self.problems.append(Problem(where.file, where.line, f"duplicate API key (the same key is at {seen[digest]})"))
+            return False
+        seen[digest] = place
+        return True
 
     # --- checks across the file -------------------------------------------------------
 
@@ -262,8 +226,3 @@ def _cel_sources(data: Any, path: Loc) -> Iterator[tuple[Loc, str]]:
             yield from _cel_sources(value, path + (i,))
 
 
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()  # follows symlinks: a Secret's files are links into `..data`
-    except OSError:
-        return False

@@ -96,6 +96,12 @@ class Identity:
         return any(fnmatchcase(model, pattern) for pattern in self.allowed_models)
 
 
+def identity_of(digest: str, metadata: Mapping[str, Any] | None = None,
+                allowed_models: Iterable[str] | None = None) -> Identity:
+    return Identity(key_id=digest[:12], metadata=Metadata(metadata),
+                    allowed_models=None if allowed_models is None else tuple(allowed_models))
+
+
 class KeyStore:
     """sha256 hex digest -> Identity."""
 
@@ -111,13 +117,11 @@ class KeyStore:
     def add(self, digest: str, metadata: Mapping[str, Any] | None = None,
             allowed_models: Iterable[str] | None = None) -> Identity:
         """Adds one key by its hex digest; ValueError if the store holds it already."""
+        return self.put(digest, identity_of(digest, metadata, allowed_models))
+
+    def put(self, digest: str, identity: Identity) -> Identity:
         if digest in self._by_digest:
             raise ValueError("duplicate API key")
-        identity = Identity(
-            key_id=digest[:12],
-            metadata=Metadata(metadata),
-            allowed_models=None if allowed_models is None else tuple(allowed_models),
-        )
         self._by_digest[digest] = identity
         return identity
 

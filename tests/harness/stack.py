@@ -46,11 +46,12 @@ class Stack:
         self.redis, self.redis_url = start_redis(self.redis_port, workdir=self.workdir)
         self.procs.append(self.redis)
 
-    def start_mock(self, *args: str) -> None:
+    def start_mock(self, *args: str) -> str:
         proc, self.mock_url = start_mock_llm(None, *args)
         self.procs.append(proc)
+        return self.mock_url
 
-    def start_ratelimit(self, domain_yaml: str, name: str = "config.yaml") -> None:
+    def start_ratelimit(self, domain_yaml: str, name: str = "config.yaml", env: dict[str, str] | None = None) -> None:
         if self.config_dir is None:
             self.config_dir = self.workdir / "ratelimit"
             self.config_dir.mkdir()
@@ -58,7 +59,7 @@ class Stack:
         port = int(self.ratelimit_host.rsplit(":", 1)[1]) if self.ratelimit_host else free_port()
         self.ratelimit = Proc("ratelimit", python_cmd(
             "ratelimit_service", "--config-dir", str(self.config_dir),
-            "--redis-url", self.redis_url, "--port", str(port))).start()
+            "--redis-url", self.redis_url, "--port", str(port)), env=env or {}).start()
         self.ratelimit.wait_http(f"http://127.0.0.1:{port}/healthcheck")
         self.ratelimit_host = f"127.0.0.1:{port}"
         self.procs.append(self.ratelimit)
@@ -76,6 +77,16 @@ class Stack:
 
     def mock_requests(self) -> list[dict]:
         return httpx.get(f"{self.mock_url}/_mock/requests").json()["requests"]
+
+    def mock_billed(self, mock_url: str | None = None) -> dict[str, int]:
+        """What the mock upstream billed: prompt and completion tokens, requests."""
+        return httpx.get(f"{mock_url or self.mock_url}/_mock/usage").json()
+
+    def budget(self, domain: str, *entries: tuple[str, str]) -> dict:
+        """The service's read-only view of one descriptor's budget (limit, spent, remaining)."""
+        r = httpx.post(f"http://{self.ratelimit_host}/v1/budget", json={
+            "domain": domain, "descriptors": [{"entries": [{"key": k, "value": v} for k, v in entries]}]})
+        return r.json()["statuses"][0]
 
     def stop(self) -> None:
         for gw in self.gateways:

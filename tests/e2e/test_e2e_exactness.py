@@ -1,0 +1,189 @@
+"""Exact under failure: a killed replica's reservations come back, a stalled service fails
+closed within its timeout and keeps nothing, a request that fails after admission keeps
+nothing, `n` is in the hard bound, a dropped stream ends with an error event and is
+charged what it relayed, and a CEL typo never turns a budget off."""
+
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
+from tests.harness.procs import python_cmd
+from tests.harness.stack import Stack
+
+BUDGET = 5000
+
+
+def chat(url: str, key: str = "sk-load-user", timeout: float = 10, **extra) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count to five."}], **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                      timeout=timeout)
+
+
+def spent(stack: Stack) -> int:
+    return BUDGET - remote_remaining(stack, "load")
+
+
+def hard_gateway(stack: Stack, mock_url: str, timeout: str | None = None, **policy) -> dict:
+    config = gateway_config(stack, "hard")
+    config["llm"]["models"][0]["params"]["baseUrl"] = mock_url
+    if timeout:
+        config["llm"]["policies"]["timeout"] = {"requestTimeout": timeout}
+    config["llm"]["policies"]["remoteRateLimit"].update(policy)
+    return config
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path)
+    s.start_redis()
+    s.start_ratelimit(domain_yaml(BUDGET))
+    yield s
+    s.stop()
+
+
+def test_a_replica_killed_mid_request_blocks_nobody_past_the_lease(stack):
+    slow = stack.start_mock("--delay-ms", "60000")
+    fast = stack.start_mock("--completion-tokens", "20")
+    doomed = stack.start_gateway(hard_gateway(stack, slow, timeout="2s"))  # lease: 2 s + 5 s margin
+    other = stack.start_gateway(hard_gateway(stack, fast, timeout="2s"))
+    # Without max_tokens a hard budget reserves elastically: the whole remaining budget.
+    def in_flight() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # its replica is killed under it
+            chat(doomed.url, timeout=30)
+
+    threading.Thread(target=in_flight, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while spent(stack) < BUDGET and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spent(stack) == BUDGET  # held by the request in flight on the doomed replica
+    killed_at = time.monotonic()
+    doomed.proc.signal(signal.SIGKILL)
+    assert chat(other.url).status_code == 429  # still held: nobody settled it
+    while chat(other.url).status_code != 200:
+        assert time.monotonic() - killed_at < 12, "the lease never gave the reservation back"
+        time.sleep(0.25)
+    assert 0 < spent(stack) < 200  # the budget holds only what the served request used
+
+
+def test_a_stalled_service_fails_closed_within_its_timeout_and_keeps_nothing(stack):
+    mock = stack.start_mock("--completion-tokens", "20")
+    gw = stack.start_gateway(hard_gateway(stack, mock))
+    assert chat(gw.url).status_code == 200  # connections warm
+    before = spent(stack)
+    stack.ratelimit.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(chat(gw.url))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+    finally:
+        stack.ratelimit.signal(signal.SIGCONT)
+    assert [a.status_code for a in answers] == [503] * 6
+    assert elapsed < 2.5, elapsed  # each within its own 0.5 s, not behind the queued settles' 5 s
+    # The reserves the gateway gave up on reach the service late, and their releases too:
+    # whichever lands first, nothing stays charged.
+    deadline = time.monotonic() + 10
+    while spent(stack) != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert spent(stack) == before
+    assert chat(gw.url).status_code == 200
+
+
+def test_a_request_that_fails_after_admission_keeps_nothing_reserved(tmp_path):
+    stack = Stack(tmp_path)
+    try:
+        stack.start_redis()
+        stack.start_ratelimit(domain_yaml(BUDGET))
+        mock = stack.start_mock("--completion-tokens", "20")
+        config = hard_gateway(stack, mock)
+        config["llm"]["models"][0]["provider"] = "anthropic"
+        gw = stack.start_gateway(config)
+        for _ in range(3):  # an OpenAI request the Anthropic translation cannot carry
+            assert chat(gw.url, stop=5).status_code in (400, 500)
+        assert spent(stack) == 0
+        assert chat(gw.url, max_tokens=50).status_code == 200
+    finally:
+        stack.stop()
+
+
+def test_n_answers_are_all_in_the_hard_bound(stack):
+    mock = stack.start_mock("--completion-tokens", "100")
+    gws = [stack.start_gateway(hard_gateway(stack, mock)) for _ in range(2)]
+    served = 0
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        nonlocal served
+        for _ in range(5):
+            r = chat(gws[i % 2].url, n=8, max_tokens=100)
+            if r.status_code == 200:
+                with lock:
+                    served += r.json()["usage"]["total_tokens"]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    billed = stack.mock_billed(mock)
+    assert 0 < served == billed["prompt_tokens"] + billed["completion_tokens"] <= BUDGET
+    assert spent(stack) == served
+
+
+def test_a_dropped_stream_ends_with_an_error_event_and_is_charged_what_it_relayed(stack):
+    mock = stack.start_mock("--completion-tokens", "30", "--chunks", "6", "--drop-after", "3")
+    gw = stack.start_gateway(hard_gateway(stack, mock))
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", timeout=10,
+                      headers={"Authorization": "Bearer sk-load-user"},
+                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Count to five."}],
+                            "stream": True}) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[-1][6:])["error"]["type"] == "api_error"  # not a silent, complete-looking end
+    assert "data: [DONE]" not in events
+    billed = stack.mock_billed(mock)
+    charged = spent(stack)
+    # The prompt as estimated plus the 15 words relayed, counted from their text.
+    assert billed["completion_tokens"] == 15 and charged >= billed["completion_tokens"]
+    assert charged <= billed["prompt_tokens"] + 15 + 30  # never the whole reservation
+
+
+def test_a_cel_typo_is_refused_by_validate_and_on_reload(tmp_path):
+    stack = Stack(tmp_path)
+    try:
+        stack.start_redis()
+        stack.start_ratelimit(domain_yaml(100))
+        stack.start_mock("--completion-tokens", "120")
+        config = gateway_config(stack, "soft")
+        remote = config["llm"]["policies"]["remoteRateLimit"]
+        config["llm"]["policies"]["remoteRateLimit"] = {"conditional": [
+            {"condition": "apiKey.user_id in ['load', 'carol']", **remote}]}
+        gw = stack.start_gateway(config)
+        assert chat(gw.url).status_code == 200
+        assert chat(gw.url).status_code == 429
+        text = gw.config_path.read_text()
+        typo = text.replace("apiKey.user_id in", "apikey.user_id in")
+        assert typo != text
+        check = tmp_path / "typo.yaml"
+        check.write_text(typo)
+        validate = subprocess.run(python_cmd("gateway", "validate", "-f", str(check)), capture_output=True, text=True)
+        assert validate.returncode != 0 and "unknown variable 'apikey'" in validate.stderr
+        assert "did you mean 'apiKey'" in validate.stderr
+        gw.config_path.write_text(typo)
+        deadline = time.monotonic() + 5
+        while "unknown variable 'apikey'" not in gw.proc.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "config change rejected" in gw.proc.log()
+        assert chat(gw.url).status_code == 429  # the budget still applies
+    finally:
+        stack.stop()
