@@ -3,6 +3,7 @@
     tollgate -f CONFIG                      run (env TOLLGATE_CONFIG)
     tollgate validate -f CONFIG             exit 0 and "ok", or 1 and `file:line: message`
     tollgate keys generate [--metadata k=v] print a key, then its `keyHash` YAML entry
+      [--keys-dir DIR [--name N]]         ...or write the entry as a keysDir file
     tollgate schema                         JSON schema of the config file
     tollgate demo [--redis-url URL]         mock upstream + rate-limit service + gateway (tollgate_demo)
 """
@@ -14,11 +15,12 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from gateway.config.loader import load
 from gateway.config.runtime import GatewayConfig
 from gateway.config.source import ConfigError
-from gateway.keys import generate_entry
+from gateway.keys import as_yaml, generate_entry, write_key_file
 
 EXIT_INVALID = 1  # validate: the config has problems
 EXIT_START = 2  # run: the config cannot start a gateway
@@ -72,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--allowed-model", action="append", default=None, metavar="GLOB",
                           help="restrict the key to these models; repeatable")
     generate.add_argument("--prefix", default="sk-", help="text before the random part (default sk-)")
+    generate.add_argument("--keys-dir", type=Path, default=None, metavar="DIR",
+                          help="write the entry as DIR/NAME, a keysDir file, instead of printing it")
+    generate.add_argument("--name", default=None, help="the file name under --keys-dir (default: the user_id metadata)")
     return parser
 
 
@@ -120,8 +125,25 @@ def _keys(args: argparse.Namespace) -> int:
             return EXIT_START
         metadata[name] = value
     key, entry = generate_entry(metadata, args.allowed_model, args.prefix)
-    print(key)
-    print(entry, end="")
+    if args.keys_dir is None:
+        print(key)
+        print(as_yaml(entry), end="")
+        return 0
+    name = args.name or metadata.get("user_id")
+    if not name:
+        print("tollgate: --keys-dir needs --name (or --metadata user_id=...) for the file name", file=sys.stderr)
+        return EXIT_START
+    try:
+        path = write_key_file(args.keys_dir, name, entry)
+    except FileExistsError:
+        print(f"tollgate: {args.keys_dir / name} exists; a key file is never replaced (pick another --name)",
+              file=sys.stderr)
+        return EXIT_START
+    except (OSError, ValueError) as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return EXIT_START
+    print(key)  # the only copy: the file holds the digest
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

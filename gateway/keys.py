@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -17,12 +20,36 @@ def new_key(prefix: str = "sk-") -> str:
 
 
 def generate_entry(metadata: Mapping[str, str] | None = None, allowed_models: Sequence[str] | None = None,
-                   prefix: str = "sk-") -> tuple[str, str]:
-    """A new key and the `apiKey.keys[]` YAML entry that stores only its digest."""
+                   prefix: str = "sk-") -> tuple[str, dict]:
+    """A new key and the key entry that stores only its digest."""
     key = new_key(prefix)
     entry: dict = {"keyHash": f"sha256:{key_digest(key)}"}
     if metadata:
         entry["metadata"] = dict(metadata)
     if allowed_models:
         entry["allowedModels"] = list(allowed_models)
-    return key, yaml.safe_dump([entry], sort_keys=False, default_flow_style=False)
+    return key, entry
+
+
+def as_yaml(entry: dict) -> str:
+    """The entry as an item of `apiKey.keys`."""
+    return yaml.safe_dump([entry], sort_keys=False, default_flow_style=False)
+
+
+def write_key_file(directory: Path, name: str, entry: dict) -> Path:
+    """The entry as a keysDir file, `directory/name`, which must not exist yet.
+
+    Written to a dot-file first (keysDir skips those) and linked into place, so a
+    running gateway never reads half a file, and an existing key is never replaced."""
+    if not name or name.startswith(".") or "/" in name or name != name.strip():
+        raise ValueError(f"--name {name!r}: a file name, not starting with a dot")
+    target = directory / name
+    partial = directory / f".{name}.{secrets.token_hex(4)}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the digest is not secret; tidy anyway
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(entry, indent=2) + "\n")
+        os.link(partial, target)  # FileExistsError rather than overwrite
+    finally:
+        partial.unlink()
+    return target

@@ -42,8 +42,9 @@ def prometheus(redis_url, tmp_path_factory):
         "--port", str(port), "--host", "127.0.0.1")).start()
     try:
         service.wait_http(f"{base}/healthcheck")
-        for entries, hits in [([("user_id", "mike")], 250), ([("user_id", "ann")], 1), ([("team", "ml")], 0)]:
-            body = {"domain": "budgets", "descriptors": [
+        for i, (entries, hits) in enumerate([([("user_id", "mike")], 250), ([("user_id", "ann")], 1),
+                                             ([("team", "ml")], 0)]):
+            body = {"domain": "budgets", "id": f"dashboard-{i}", "descriptors": [
                 {"entries": [{"key": k, "value": v} for k, v in entries], "hits_addend": hits}]}
             assert httpx.post(f"{base}/v1/reserve", json=body, timeout=5).status_code in (200, 429)
         yield url

@@ -83,6 +83,15 @@ def test_readme_walkthrough_through_nginx(running):
         running.walkthrough = run_walkthrough(running.url, domain_file)
 
 
+def test_the_budget_plane_answers_only_the_gateways_token(running):
+    """The gateways were served above, so they send the token compose gives both."""
+    settle = running.ratelimit.url(8080, "/v1/settle")
+    refund = {"domain": "token-budgets", "id": "r-stranger", "hits": 0}
+    for headers in ({}, {"Authorization": "Bearer guessed"}):
+        response = httpx.post(settle, json=refund, headers=headers, timeout=5)
+        assert response.status_code == 401, response.text
+
+
 def requests_served(gateway: Local) -> float:
     scrape = httpx.get(gateway.url(15000, "/metrics"), timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines()

@@ -142,7 +142,8 @@ def test_gateway_config_fits_the_compose_topology():
     policies = config["llm"]["policies"]
     keys_dir = container_to_host("gateway", policies["apiKey"]["keysDir"])
     assert sorted(p.name for p in keys_dir.iterdir()) == ["alice", "bob", "mike"]
-    for rule in policies["remoteRateLimit"]["conditional"]:
+    remote = policies["remoteRateLimit"]
+    for rule in remote.get("conditional", [remote]):
         host, port = rule["host"].split(":")
         assert host in compose()["services"] and int(port) in exposed(host)
     assert config["llm"]["port"] in exposed("gateway")
@@ -168,11 +169,14 @@ def test_ratelimit_config_dir_is_the_mounted_domain_directory():
     assert mike["rate_limit"] == {"unit": "day", "requests_per_unit": 100}
 
 
-def test_real_provider_switch_overrides_only_upstream_settings():
+def test_real_provider_switch_overrides_only_upstream_settings_and_the_token():
     override = load_yaml(OVERRIDE)["services"]
-    assert set(override) == {"gateway"}
+    assert set(override) == {"gateway", "ratelimit"}
     env = override["gateway"]["environment"]
     assert set(env) == set(service_environment("gateway"))
+    for name in ("gateway", "ratelimit"):  # the public demo token is not accepted
+        with pytest.raises(ValueError, match="TOLLGATE_RATELIMIT_TOKEN"):
+            interpolate(override[name]["environment"]["TOLLGATE_RATELIMIT_TOKEN"], {})
     assert env["OPENAI_BASE_URL"].startswith("https://") and env["ANTHROPIC_BASE_URL"].startswith("https://")
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         interpolate(env["OPENAI_API_KEY"], {})

@@ -15,6 +15,7 @@ import itertools
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -111,7 +112,7 @@ def cluster(tmp_path_factory):
         ratelimit = k8s_object("Deployment", "tollgate-ratelimit")
         rl_config = work / "ratelimit-config"
         project(rl_config, object_files("ConfigMap", "ratelimit-config"))
-        c.run("ratelimit", ratelimit, {8080: c.expose("ratelimit", 8080)},
+        c.run("ratelimit", ratelimit, {8080: c.expose("ratelimit", 8080)}, env=container_env(ratelimit),
               mounts={mount_path_of(ratelimit, "config"): rl_config})
 
         mock = k8s_object("Deployment", "tollgate-mock-llm", K8S_DEMO)
@@ -138,13 +139,21 @@ def cluster(tmp_path_factory):
 def edit_configmap(volume: Path, limit: int) -> None:
     """`kubectl edit configmap ratelimit-config` followed by the kubelet's sync."""
     files = object_files("ConfigMap", "ratelimit-config")
-    files["config.yaml"] = files["config.yaml"].replace("requests_per_unit: 100", f"requests_per_unit: {limit}")
+    files["config.yaml"] = files["config.yaml"].replace("requests_per_unit: 100}", f"requests_per_unit: {limit}}}")
     project(volume, files)
 
 
 def test_seed_001_walkthrough_with_a_configmap_edit(cluster):
     _, url, rl_config, _ = cluster
     run_walkthrough(url, rl_config, edit=edit_configmap)
+
+
+def test_the_budget_plane_answers_only_the_secrets_token(cluster):
+    c, url, _, _ = cluster
+    assert chat(url, "sk-alice-abc123def456").status_code == 200  # the gateway sends it
+    settle = f"http://{c.addresses['ratelimit:8080']}/v1/settle"
+    response = httpx.post(settle, json={"domain": "token-budgets", "id": "r-stranger", "hits": 0}, timeout=5)
+    assert response.status_code == 401, response.text
 
 
 def test_a_key_added_to_the_secret_works_without_restart(cluster):

@@ -121,7 +121,8 @@ def test_gateway_reads_its_config_and_keys_from_the_mounted_objects():
     text = k8s_object("ConfigMap", "tollgate-gateway-config")["data"]["config.yaml"]
     config = yaml.safe_load(interpolate(text, env))  # as the gateway expands it
     assert config["llm"]["policies"]["apiKey"]["keysDir"] == mount_path_of(gateway, "keys")
-    for rule in config["llm"]["policies"]["remoteRateLimit"]["conditional"]:
+    remote = config["llm"]["policies"]["remoteRateLimit"]
+    for rule in remote.get("conditional", [remote]):
         host, port = rule["host"].split(":")
         assert int(port) in service_port(host)
     ports = {p["containerPort"] for p in container(gateway)["ports"]}
@@ -156,10 +157,13 @@ def test_configmaps_carry_the_compose_config_files_verbatim():
         assert data == source.read_text(), f"{name} drifted from {source}: run python deploy/sync_configmaps.py"
 
 
-def test_ratelimit_configmap_is_seed_001s():
+def test_ratelimit_configmap_has_a_default_for_every_descriptor_and_keeps_seed_001s_mike():
     domain = yaml.safe_load(k8s_object("ConfigMap", "ratelimit-config")["data"]["config.yaml"])
-    assert domain == {"domain": "token-budgets", "descriptors": [
-        {"key": "user_id", "value": "mike", "rate_limit": {"unit": "day", "requests_per_unit": 100}}]}
+    gateway = yaml.safe_load(k8s_object("ConfigMap", "tollgate-gateway-config")["data"]["config.yaml"])
+    sent = {d["entries"][0]["key"] for d in gateway["llm"]["policies"]["remoteRateLimit"]["descriptors"]}
+    defaults = {d["key"] for d in domain["descriptors"] if "value" not in d}
+    assert domain["domain"] == "token-budgets" and sent == defaults, "a key with no line of its own has no budget"
+    assert {"key": "user_id", "value": "mike", "rate_limit": {"unit": "day", "requests_per_unit": 100}} in domain["descriptors"]
 
 
 def test_virtual_keys_secret_holds_the_compose_keys_in_seed_001_format():

@@ -11,6 +11,7 @@ import yaml
 from starlette.datastructures import Headers
 
 from gateway.config import load
+from gateway.policies.apikey import key_digest
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data"
@@ -79,6 +80,28 @@ def test_keys_generate_round_trips(tmp_path):
     identity = policy.authenticate(Headers({"authorization": f"Bearer {key}"}))
     assert identity.metadata == {"user_id": "mike", "tier": "gold"}
     assert identity.allows("claude-3-haiku") and not identity.allows("gpt-4o")
+
+
+def test_keys_generate_writes_a_keys_dir_file_and_never_replaces_one(tmp_path):
+    from gateway.config.keyfiles import read_keys_dir
+
+    result = tollgate("keys", "generate", "--metadata", "user_id=carol", "--metadata", "team=research",
+                      "--keys-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert key.startswith("sk-") and "\n" not in key
+    written = tmp_path / "carol"  # named after user_id
+    assert key not in written.read_text() and oct(written.stat().st_mode & 0o777) == "0o600"
+    (carol,), problems = read_keys_dir(tmp_path)
+    assert problems == [] and carol.identity.metadata == {"user_id": "carol", "team": "research"}
+    assert carol.digest == key_digest(key)
+
+    again = tollgate("keys", "generate", "--metadata", "user_id=carol", "--keys-dir", str(tmp_path))
+    assert again.returncode != 0 and "exists" in again.stderr and again.stdout == ""
+    assert read_keys_dir(tmp_path)[0][0].digest == key_digest(key)  # carol's key still works
+    assert [p.name for p in tmp_path.iterdir()] == ["carol"]  # no partial file left behind
+    nameless = tollgate("keys", "generate", "--keys-dir", str(tmp_path))
+    assert nameless.returncode != 0 and "--name" in nameless.stderr
 
 
 def test_keys_are_random_and_prefix_is_configurable():

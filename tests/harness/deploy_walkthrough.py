@@ -21,10 +21,10 @@ def chat(base_url: str, key: str, content: str = "Hello!") -> httpx.Response:
 
 
 def set_daily_limit(domain_file: Path, limit: int) -> None:
-    """Edits `requests_per_unit` in place, as a user would in an editor."""
+    """Edits mike's one-line override in place, as a user would in an editor."""
     text = domain_file.read_text()
-    edited, count = re.subn(r"(requests_per_unit:\s*)\d+", rf"\g<1>{limit}", text)
-    assert count == 1, f"expected one requests_per_unit in {domain_file}"
+    edited, count = re.subn(r"(value: mike, rate_limit: \{unit: day, requests_per_unit:\s*)\d+", rf"\g<1>{limit}", text)
+    assert count == 1, f"expected mike's one-line override in {domain_file}"
     domain_file.write_text(edited)
 
 
