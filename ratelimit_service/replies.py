@@ -2,7 +2,8 @@
 
 Protojson rules: upper-case enum names, zero values omitted, durations as
 "37s" (whole seconds, rounded up). /json keeps envoy's fields exactly; /v1
-statuses add `retryAfter` to a descriptor that refused, and mark a dollar
+statuses add `retryAfter` and `resetsAt` (the clock time of the reset: for a
+calendar window, its boundary) to a descriptor that refused, and mark a dollar
 budget's `currentLimit` with `"usd": true`. A `shadow_mode` descriptor answers
 OK, as envoy's base limiter does, whatever its bucket says.
 """
@@ -50,7 +51,7 @@ def refused(outcome: Outcome, limit: Limit) -> bool:
     return outcome.over and not limit.shadow_mode
 
 
-def status(api: str, limit: Limit, outcome: Outcome) -> dict:
+def status(api: str, limit: Limit, outcome: Outcome, now_ms: int) -> dict:
     """A decision's status for one limited descriptor."""
     current = limit.current_limit if api == JSON else limit.v1_limit
     reset = duration(outcome.reset_ms)
@@ -63,6 +64,8 @@ def status(api: str, limit: Limit, outcome: Outcome) -> dict:
     body = {"code": "OVER_LIMIT", "currentLimit": current, "durationUntilReset": reset}
     if api != JSON:
         body["retryAfter"] = duration(max(outcome.retry_ms, 1000))
+        # The service's clock, not the gateway's: the two may differ by a drill's offset.
+        body["resetsAt"] = timestamp(now_ms + outcome.reset_ms)
     return body
 
 
@@ -73,7 +76,7 @@ def budget_status(limit: Limit, outcome: Outcome, now_ms: int) -> dict:
     spent + limitRemaining = the limit until the bucket goes into debt. Both
     are always present (a view for people, not protojson's zero omission).
     """
-    body = status("budget", limit, outcome)
+    body = status("budget", limit, outcome, now_ms)
     body["limitRemaining"] = max(outcome.remaining, 0)
     body["spent"] = limit.requests_per_unit - outcome.remaining
     body["resetsAt"] = timestamp(now_ms + outcome.reset_ms)

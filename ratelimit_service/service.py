@@ -143,7 +143,7 @@ class Service:
         charged = not over and not duplicate
         statuses, domain = plan.statuses, plan.request.domain
         for (i, m), check, outcome in zip(plan.limited, plan.call.checks, decision.outcomes):
-            statuses[i] = status(api, m.limit, outcome)
+            statuses[i] = status(api, m.limit, outcome, decision.now_ms)
             self._count(api, domain, m, outcome, _amount(check, decision.granted) if charged else 0)
         body = {"overallCode": "OVER_LIMIT" if over else "OK", "statuses": statuses}
         if api == RESERVE:
