@@ -275,3 +275,36 @@ class RateLimitClient:
                     f.cancel()
         for channel in self._channels.values():
             channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One descriptor's answer from the service (protojson, zero fields omitted)."""
+
+    code: str
+    limit: int | None  # in the budget's units (micro-dollars for usd)
+    unit: str  # the period: DAY, MONTH, ...
+    remaining: int
+    reset_after: float  # seconds until the budget is full again (a calendar one: its next start)
+    retry_after: float
+    spent: int = 0
+    resets_at: str = ""
+
+
+def _seconds(value) -> float:
+    return 0.0 if value is None else float(str(value).rstrip("s") or 0)
+
+
+def parse_status(raw: dict) -> Status:
+    limit = raw.get("currentLimit") or {}
+    per_unit = limit.get("requestsPerUnit")
+    return Status(
+        code=raw.get("code", "OK"),
+        limit=int(per_unit) if per_unit is not None else None,
+        unit=str(limit.get("unit", "")),
+        remaining=int(raw.get("limitRemaining", 0)),
+        reset_after=_seconds(raw.get("durationUntilReset")),
+        retry_after=_seconds(raw.get("retryAfter") or raw.get("durationUntilReset")),
+        spent=int(raw.get("spent", 0)),
+        resets_at=str(raw.get("resetsAt", "")),
+    )

@@ -24,7 +24,7 @@ from gateway.cel import Activation, CelError, Expr
 from gateway.llm import Unbounded
 from gateway.policies.budget import BudgetExceeded, Demand, Unresolved, Verdict
 from gateway.pricing import MICROS, Price, usd
-from gateway.ratelimit_client import RemoteUnavailable
+from gateway.ratelimit_client import RemoteUnavailable, Status, parse_status
 from gateway.schema import Cel, Duration, Enforcement, HostPort, Model, NonEmpty, Port, any_case, exactly_one
 
 if TYPE_CHECKING:
@@ -270,39 +270,6 @@ def _text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """One descriptor's answer from the service (protojson, zero fields omitted)."""
-
-    code: str
-    limit: int | None  # in the budget's units (micro-dollars for usd)
-    unit: str  # the period: DAY, MONTH, ...
-    remaining: int
-    reset_after: float  # seconds until the budget is full again (a calendar one: its next start)
-    retry_after: float
-    spent: int = 0
-    resets_at: str = ""
-
-
-def _seconds(value) -> float:
-    return 0.0 if value is None else float(str(value).rstrip("s") or 0)
-
-
-def parse_status(raw: dict) -> Status:
-    limit = raw.get("currentLimit") or {}
-    per_unit = limit.get("requestsPerUnit")
-    return Status(
-        code=raw.get("code", "OK"),
-        limit=int(per_unit) if per_unit is not None else None,
-        unit=str(limit.get("unit", "")),
-        remaining=int(raw.get("limitRemaining", 0)),
-        reset_after=_seconds(raw.get("durationUntilReset")),
-        retry_after=_seconds(raw.get("retryAfter") or raw.get("durationUntilReset")),
-        spent=int(raw.get("spent", 0)),
-        resets_at=str(raw.get("resetsAt", "")),
-    )
 
 
 def amount(kind: DescriptorType, value: int) -> int | str:

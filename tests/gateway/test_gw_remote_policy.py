@@ -4,7 +4,8 @@ import pytest
 
 from gateway.cel import Activation
 from gateway.policies.budget import Unresolved
-from gateway.policies.remote_ratelimit import RemoteRateLimit, parse_status, resolve
+from gateway.policies.remote_ratelimit import RemoteRateLimit, resolve
+from gateway.ratelimit_client import parse_status
 
 
 def target(domain: str, *descriptors: dict, condition: str | None = None) -> dict:
