@@ -9,6 +9,9 @@ replicas and answers every Grafana panel's query.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -20,7 +23,7 @@ from tests.harness.deploy_observe import (
     start_prometheus, variable_queries,
 )
 from tests.harness.deploy_stack import ComposeStack, Local, missing_scripts
-from tests.harness.deploy_walkthrough import KEYS, chat, run_walkthrough
+from tests.harness.deploy_walkthrough import KEYS, chat, run_walkthrough, wait_for_status
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")
@@ -90,6 +93,23 @@ def test_the_budget_plane_answers_only_the_gateways_token(running):
     for headers in ({}, {"Authorization": "Bearer guessed"}):
         response = httpx.post(settle, json=refund, headers=headers, timeout=5)
         assert response.status_code == 401, response.text
+
+
+def test_adding_a_person_is_one_key_file_and_gets_the_default_budgets(running):
+    """README's recipe: `tollgate keys generate --keys-dir`, nothing else edited."""
+    keys_dirs = [g.mounts["/etc/tollgate"] / "keys" for g in running.gateways]
+    made = subprocess.run([sys.executable, "-m", "gateway", "keys", "generate", "--metadata", "user_id=carol",
+                           "--metadata", "team=research", "--keys-dir", str(keys_dirs[0])],
+                          capture_output=True, text=True, timeout=30, check=True)
+    key = made.stdout.strip()
+    for other in keys_dirs[1:]:  # compose bind-mounts one directory into every replica
+        shutil.copy2(keys_dirs[0] / "carol", other / "carol")
+    response, seconds = wait_for_status(lambda: chat(running.url, key), 200, timeout=5)
+    assert response.status_code == 200 and seconds <= 2.5, (response.text, seconds)
+    assert response.headers["x-ratelimit-remaining-usd"] == "50.000000"
+    view = httpx.get(f"{running.url}/v1/budget", headers={"Authorization": f"Bearer {key}"}, timeout=5).json()
+    limits = {b["descriptor"]: b["limit"] for b in view["budgets"]}
+    assert limits == {"user_id=carol": 1_000_000, "user_usd=carol": "50.000000", "team_usd=research": "500.000000"}
 
 
 def requests_served(gateway: Local) -> float:
