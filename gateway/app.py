@@ -88,7 +88,7 @@ def models_list(call: Call) -> bytes:
     if call.identity is not None:
         names = [n for n in names if call.identity.allows(n)]
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "tollgate"} for n in names]
-    return json.dumps({"object": "list", "data": data}).encode()
+    return json.dumps({"object": "list", "data": data}).encode() + b"\n"
 
 
 class Handler:
@@ -166,7 +166,7 @@ class Handler:
             rows = await self.replica.accounting.view(policy, call.activation) if policy else []
         except RemoteUnavailable as e:
             raise GatewayError(503, "ratelimit_unavailable", f"rate limit service unavailable: {e}") from e
-        return json.dumps({"budgets": rows}).encode()
+        return json.dumps({"budgets": rows}).encode() + b"\n"
 
     def authenticate(self, call: Call):
         policy = call.route.policies.api_key

@@ -59,10 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="CONFIG", help="config file (env TOLLGATE_CONFIG)")
     common.add_argument("--log-level", default=argparse.SUPPRESS,
                         choices=["debug", "info", "warning", "error"], help="env TOLLGATE_LOG_LEVEL; default info")
-    parser = argparse.ArgumentParser(prog="tollgate", parents=[common],
-                                     description="LLM gateway with virtual keys and token budgets.")
+    parser = argparse.ArgumentParser(
+        prog="tollgate", parents=[common], usage="tollgate [-f CONFIG] [command] ...",
+        description="LLM gateway with virtual keys and token and dollar budgets. "
+                    "`tollgate -f CONFIG`, with no command, runs a gateway replica.",
+        epilog="Run `tollgate COMMAND --help` for a command's options. Docs: README.md and docs/config.md.")
     sub = parser.add_subparsers(dest="command", metavar="{validate,keys,schema,demo}")
-    sub.add_parser("validate", parents=[common], help="check a config file")
+    sub.add_parser("validate", parents=[common], help="check a config file: `file:line: problem` for each")
     sub.add_parser("schema", parents=[common], help="print the config's JSON schema")
     demo = sub.add_parser("demo", parents=[common], help="run the whole system locally from deploy/")
     demo.add_argument("--redis-url", default=None, help="env REDIS_URL; default memory:// (embedded)")

@@ -53,7 +53,8 @@ class GatewayError(Exception):
         self.body = body
 
     def render(self, dialect: str) -> bytes:
-        return self.body if self.body is not None else error_body(dialect, self.status, self.message)
+        # A trailing newline, as OpenAI's own bodies have: curl's prompt starts on its own line.
+        return self.body if self.body is not None else error_body(dialect, self.status, self.message) + b"\n"
 
 
 def openai_kind(status: int) -> tuple[str, str | None]:

@@ -36,19 +36,23 @@ TOKEN_ENV, TOKEN_FILE_ENV = "TOLLGATE_RATELIMIT_TOKEN", "TOLLGATE_RATELIMIT_TOKE
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="tollgate-ratelimit", description=__doc__.split("\n\n")[0])
+    _, usage, rest = __doc__.split("\n\n", 2)
+    parser = argparse.ArgumentParser(prog="tollgate-ratelimit", description="The global rate-limit service.",
+                                     epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-dir", default=env("CONFIG_DIR"),
-                        help="directory of domain YAML files (env CONFIG_DIR)")
+                        help="directory of domain YAML files, reloaded live (env CONFIG_DIR; required)")
     parser.add_argument("--redis-url", default=env("REDIS_URL", "memory://"),
-                        help="redis://host:port/db, rediss://, unix:///path, or memory:// (env REDIS_URL)")
-    parser.add_argument("--port", type=int, default=int(env("PORT", "8080")), help="HTTP port (env PORT)")
+                        help="redis://host:port/db, rediss://, unix:///path, or memory:// "
+                             "(env REDIS_URL; default %(default)s)")
+    parser.add_argument("--port", type=int, default=int(env("PORT", "8080")), help="HTTP port (env PORT; default %(default)s)")
     # Loopback unless told otherwise: whoever reaches /v1 can spend and settle budgets.
-    parser.add_argument("--host", default=env("HOST", "127.0.0.1"), help="listen address (env HOST)")
+    parser.add_argument("--host", default=env("HOST", "127.0.0.1"), help="listen address (env HOST; default %(default)s)")
     parser.add_argument("--protect-json", action="store_true",
                         default=env("TOLLGATE_RATELIMIT_PROTECT_JSON", "").lower() in ("1", "true", "yes"),
-                        help="require the bearer token on /json too (env TOLLGATE_RATELIMIT_PROTECT_JSON)")
+                        help="require the bearer token on /json too (env TOLLGATE_RATELIMIT_PROTECT_JSON; "
+                             "default: envoy's open /json)")
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"], help="(env LOG_LEVEL)")
+                        choices=["debug", "info", "warning", "error"], help="(env LOG_LEVEL; default %(default)s)")
     args = parser.parse_args(argv)
     if not args.config_dir:
         parser.error("--config-dir (or CONFIG_DIR) is required")

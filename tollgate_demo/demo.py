@@ -5,12 +5,18 @@ service, one gateway) as local processes, with the rate-limit service on the emb
 `memory://` store unless REDIS_URL names a real Redis. The deploy files (deploy/gateway
 and deploy/ratelimit, shipped inside the package) are copied to a fresh directory first:
 editing the copy changes the live limits, and the repository's own files stay as they are.
+
+The demo owns its children: Ctrl-C, SIGTERM or SIGHUP stops them all, and so does the
+demo's own death (the kernel signals them: PR_SET_PDEATHSIG). If one child exits, the
+demo says which, stops the others and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,13 +34,15 @@ DEPLOY_FILES = ("gateway", "ratelimit")  # the folders of deploy/ the demo runs 
 WALKTHROUGH = """
 Tollgate is up: LLM traffic on http://localhost:4000, metrics on http://localhost:15000/metrics
 
-  # alice: no budget of her own
-  curl -s localhost:4000/v1/chat/completions -H 'Authorization: Bearer sk-alice-abc123def456' \\
+  # alice: the default budgets (1,000,000 tokens a day, $50 a month, her team's $500)
+  curl -si localhost:4000/v1/chat/completions -H 'Authorization: Bearer sk-alice-abc123def456' \\
        -H 'Content-Type: application/json' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello!"}}]}}'
-  # mike: 100 tokens a day: the first answer spends it, the second is 429
-  curl -si localhost:4000/v1/chat/completions -H 'Authorization: Bearer sk-mike-key' \\
+  # what is left of them, as alice sees it with her own key
+  curl -s localhost:4000/v1/budget -H 'Authorization: Bearer sk-alice-abc123def456'
+  # mike: 100 tokens a day: the first answer spends it, the second is 429 and says until when
+  curl -s localhost:4000/v1/chat/completions -H 'Authorization: Bearer sk-mike-key' \\
        -H 'Content-Type: application/json' -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello!"}}]}}'
-  # raise mike's limit live: edit requests_per_unit in {ratelimit}
+  # raise mike's limit live: edit his line in {ratelimit}/config.yaml
 
 The demo runs on a copy of the deploy files in {workdir}.
 Rate-limit store: {redis}. Ctrl-C stops everything.
@@ -61,11 +69,42 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+class Stop(Exception):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does."""
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def _die_with_parent() -> None:
+    """In each child, before exec: SIGTERM when the demo dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the signal handlers still cover SIGTERM
+        pass
+
+
+class Child:
+    """One of the demo's processes, by name."""
+
+    def __init__(self, name: str, args: list[str], env: dict, cwd: Path) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, preexec_fn=_die_with_parent)
+
+    def exited(self) -> str | None:
+        """How the child ended, in words, or None while it runs."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+
+def wait_ready(url: str, child: Child, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"tollgate demo: {' '.join(proc.args[3:5])} exited with {proc.returncode}")
+        if (how := child.exited()) is not None:
+            raise SystemExit(f"tollgate demo: {child.name} {how} while starting")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -73,7 +112,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"tollgate demo: {url} not ready after {timeout:g}s")
+    raise SystemExit(f"tollgate demo: {child.name} not ready at {url} after {timeout:g}s")
 
 
 def main(redis_url: str | None = None) -> int:
@@ -88,39 +127,51 @@ def main(redis_url: str | None = None) -> int:
         "OPENAI_BASE_URL": "http://127.0.0.1:8000", "OPENAI_API_KEY": "mock-key",
         "ANTHROPIC_BASE_URL": "http://127.0.0.1:8000", "ANTHROPIC_API_KEY": "mock-key",
         "RATELIMIT_HOST": "127.0.0.1:8080", "TOLLGATE_KEYS_DIR": str(workdir / "gateway" / "keys"),
+        # A fresh token per run: the service answers only this demo's gateway.
+        "TOLLGATE_RATELIMIT_TOKEN": secrets.token_urlsafe(32),
     }
     # -P: the working directory (the copy, with its gateway/ folder) never shadows a package.
     py = [sys.executable, "-P"]
     steps = [
-        ([*py, "-m", "tollgate_demo.mock_llm", "--port", "8000", "--completion-tokens", "120"],
+        ("mock-llm", [*py, "-m", "tollgate_demo.mock_llm", "--port", "8000", "--completion-tokens", "120"],
          "http://127.0.0.1:8000/healthz"),
-        ([*py, "-m", "ratelimit_service", "--config-dir", str(workdir / "ratelimit"),
-          "--redis-url", redis_url, "--port", "8080"], "http://127.0.0.1:8080/healthcheck"),
-        ([*py, "-m", "gateway", "-f", str(workdir / "gateway" / "config.yaml")],
+        ("ratelimit", [*py, "-m", "ratelimit_service", "--config-dir", str(workdir / "ratelimit"),
+                       "--redis-url", redis_url, "--port", "8080"], "http://127.0.0.1:8080/healthcheck"),
+        ("gateway", [*py, "-m", "gateway", "-f", str(workdir / "gateway" / "config.yaml")],
          "http://127.0.0.1:15000/healthz/ready"),
     ]
-    procs: list[subprocess.Popen] = []
+    children: list[Child] = []
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
     try:
-        for args, ready in steps:
-            proc = subprocess.Popen(args, env=env, cwd=workdir)
-            procs.append(proc)
-            wait_ready(ready, proc)
-        print(WALKTHROUGH.format(ratelimit=workdir / "ratelimit", workdir=workdir, redis=redis_url))
-        while all(p.poll() is None for p in procs):
+        for name, args, ready in steps:
+            children.append(Child(name, args, env, workdir))
+            wait_ready(ready, children[-1])
+        print(WALKTHROUGH.format(ratelimit=workdir / "ratelimit", workdir=workdir, redis=redis_url), flush=True)
+        while True:
+            for child in children:
+                if (how := child.exited()) is not None:
+                    print(f"tollgate demo: {child.name} {how}; stopping the others", file=sys.stderr)
+                    return 1
             time.sleep(0.5)
-        return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stop):
         return 0
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(children)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_all(children: list[Child]) -> None:
+    """SIGTERM in reverse start order (the gateway flushes its settles first), then wait."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
 
 
 def cli(argv: list[str] | None = None) -> int:

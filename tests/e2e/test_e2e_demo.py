@@ -1,7 +1,11 @@
-"""The README's quick start: `tollgate demo` serves the walkthrough on the default ports."""
+"""The README's quick start: `tollgate demo` serves the walkthrough on the default ports,
+and owns its children: a plain `kill`, a dying child or the demo's own death leaves no
+process behind."""
 
+import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +14,37 @@ from tollgate_demo.demo import PORTS, port_free
 from tests.harness.procs import Proc, python_cmd
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """{pid: command line} of the processes whose parent is `pid`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def gone(pids, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids):
+            return all(port_free(port) for port in PORTS.values())
+        time.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return "zombie" if (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" else ""
+    except OSError:
+        return "zombie"
 
 
 @pytest.fixture
@@ -23,19 +58,46 @@ def demo():
         assert proc.alive() and time.monotonic() < deadline, proc.log()
         time.sleep(0.2)
     yield proc
-    proc.signal(signal.SIGINT)
-    assert proc.popen.wait(30) == 0
-    assert all(port_free(port) for port in PORTS.values())  # every child stopped with it
+    proc.stop()  # the whole process group, whatever the test left
 
 
-def test_walkthrough_on_the_demo(demo):
+def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
     def chat(key: str) -> httpx.Response:
         return httpx.post("http://127.0.0.1:4000/v1/chat/completions", json=BODY,
                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
     assert chat("sk-alice-abc123def456").status_code == 200
     assert chat("sk-mike-key").status_code == 200
-    assert chat("sk-mike-key").status_code == 429
+    refused = chat("sk-mike-key")
+    assert refused.status_code == 429
+    assert "daily token budget for user_id=mike exhausted; resets" in refused.json()["error"]["message"]
+    budget = httpx.get("http://127.0.0.1:4000/v1/budget", headers={"Authorization": "Bearer sk-mike-key"})
+    models = httpx.get("http://127.0.0.1:4000/v1/models", headers={"Authorization": "Bearer sk-mike-key"})
+    for answer in (refused, budget, models):  # the gateway's own bodies end a line, as OpenAI's do
+        assert answer.text.endswith("}\n"), answer.text[-20:]
     assert "memory://" in demo.log()  # the embedded store, no Redis needed
+    assert "TOLLGATE_RATELIMIT_TOKEN" not in demo.log()  # the demo made one: no warning about it
     metrics = httpx.get("http://127.0.0.1:15000/metrics").text
     assert 'user_id="mike"' in metrics
+
+    children = children_of(demo.popen.pid)
+    assert len(children) == 3, children
+    os.kill(demo.popen.pid, signal.SIGTERM)  # `kill <pid>`: the demo alone, not its group
+    assert demo.popen.wait(30) == 0
+    assert gone(children), children_of(1)
+
+
+def test_a_child_that_dies_is_named_and_the_others_stopped(demo):
+    children = children_of(demo.popen.pid)
+    (ratelimit,) = [pid for pid, cmd in children.items() if "ratelimit_service" in cmd]
+    os.kill(ratelimit, signal.SIGKILL)
+    assert demo.popen.wait(30) == 1
+    assert "tollgate demo: ratelimit killed by SIGKILL; stopping the others" in demo.log()
+    assert gone(children)
+
+
+def test_the_demo_killed_outright_takes_its_children_along(demo):
+    children = children_of(demo.popen.pid)
+    os.kill(demo.popen.pid, signal.SIGKILL)  # no handler runs: the kernel signals the children
+    demo.popen.wait(10)
+    assert gone(children)
