@@ -37,6 +37,9 @@ class Call:
     # The outcome, for tollgate_requests_total: set by whoever answers.
     status: int = 200
     reason: str = "ok"
+    # For the access log: what the provider answered, what the call cost.
+    upstream_status: int | None = None
+    cost_usd: float = 0.0
 
     def bind(self, req: "LLMRequest", backend: "Backend") -> None:
         """The parsed request and the backend it goes to; builds the call's activation."""
