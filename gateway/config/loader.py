@@ -220,7 +220,7 @@ class _Builder:
                          f"adminAddr port {admin_port} is also an LLM listener port (line {first[admin_port]})")
 
     def problem(self, loc: Loc, message: str) -> None:
-        self.problems.append(self.doc.problem(loc, message))
+        self.problems.append(self.doc.problem(loc, self.doc.redact(loc, message)))
 
     def warnings(self) -> list[str]:
         return [
