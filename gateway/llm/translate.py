@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.llm.errors import stream_error
 from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.shape import loads
 from gateway.llm.usage import Usage, openai_usage, read_anthropic
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often omit it
@@ -120,10 +121,9 @@ def _tool_use(call: Any, i: int) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not function.get("name"):
         raise BadRequest(f"messages[{i}].tool_calls: each call needs function.name")
-    try:
-        arguments = json.loads(function.get("arguments") or "{}")
-    except ValueError:
-        raise BadRequest(f"messages[{i}].tool_calls: function.arguments is not valid JSON") from None
+    arguments = loads(function.get("arguments") or "{}", f"messages[{i}].tool_calls: function.arguments")
+    if not isinstance(arguments, dict):
+        raise BadRequest(f"messages[{i}].tool_calls: function.arguments must be a JSON object")
     return {"type": "tool_use", "id": call.get("id") or "", "name": function["name"], "input": arguments}
 
 
