@@ -37,8 +37,9 @@ class Call:
     # The outcome, for tollgate_requests_total: set by whoever answers.
     status: int = 200
     reason: str = "ok"
-    # For the access log: what the provider answered, what the call cost.
+    # For the access log: what the provider answered, what the call used and cost.
     upstream_status: int | None = None
+    usage: "Usage | None" = None
     cost_usd: float = 0.0
 
     def bind(self, req: "LLMRequest", backend: "Backend") -> None:
@@ -54,5 +55,6 @@ class Call:
 
     def observe(self, usage: "Usage") -> None:
         """Usage is known: `llm.inputTokens` and friends become visible to CEL."""
+        self.usage = usage
         self.activation.update_llm(inputTokens=usage.input_tokens, outputTokens=usage.output_tokens,
                                    totalTokens=usage.total)

@@ -46,7 +46,7 @@ class Activation:
     never evaluate anything that reads `request.headers`.
     """
 
-    __slots__ = ("api_key", "method", "path", "headers", "llm", "_values", "_cel")
+    __slots__ = ("api_key", "method", "path", "headers", "llm", "response", "_values", "_cel")
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class Activation:
         self.path = path
         self.headers = headers
         self.llm = llm
+        self.response: Mapping[str, Any] | None = None
         self._values: dict[str, Any] = {}
         self._cel: _Variables | None = None
 
@@ -69,6 +70,12 @@ class Activation:
         self.llm = {**(self.llm or {}), **values}
         self._values.pop("llm", None)
         self._cel = None  # its macro name table may hold the old values
+
+    def update_response(self, **values: Any) -> None:
+        """Sets `response.*` (the access log's `response.code`) once the answer is known."""
+        self.response = {**(self.response or {}), **values}
+        self._values.pop("response", None)
+        self._cel = None
 
     def value(self, name: str) -> Any:
         """The CEL value of a top-level variable; KeyError for an unknown name."""
@@ -208,7 +215,11 @@ def _llm(a: Activation) -> Any:
     return to_cel(dict(a.llm)) if a.llm else _EMPTY
 
 
-_CONVERTERS = {"apiKey": _metadata, "request": _request, "llm": _llm}
+def _response(a: Activation) -> Any:
+    return to_cel(dict(a.response)) if a.response else _EMPTY
+
+
+_CONVERTERS = {"apiKey": _metadata, "request": _request, "llm": _llm, "response": _response}
 
 
 def _eval_reason(error: CELEvalError) -> str:
