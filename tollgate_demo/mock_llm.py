@@ -364,6 +364,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="quote the credential received in every error (a leaking provider)")
     p.add_argument("--models", default=env("MOCK_LLM_MODELS", ",".join(Settings.models)),
                    help="comma-separated names for GET /v1/models")
+    p.add_argument("--ssl-certfile", default=env("MOCK_LLM_SSL_CERTFILE"), help="serve HTTPS with this certificate")
+    p.add_argument("--ssl-keyfile", default=env("MOCK_LLM_SSL_KEYFILE"), help="and this key")
     p.add_argument("--no-record", action="store_true", default=env("MOCK_LLM_NO_RECORD") == "1",
                    help="do not keep requests for /_mock/requests (benchmarks)")
     return p.parse_args(argv)
@@ -378,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         models=tuple(m for m in args.models.split(",") if m),
     )
     uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False, lifespan="off")
+                access_log=False, lifespan="off", ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
 
 
 if __name__ == "__main__":
