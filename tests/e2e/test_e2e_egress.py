@@ -5,34 +5,18 @@ never sent to a provider twice."""
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import httpx
 import pytest
 import yaml
 
+from tests.harness.background import Background
 from tests.harness.procs import Proc, free_port, python_cmd, start_gateway
 from tests.harness.tls import make_pki
 
 KEY = "sk-egress-test"
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Background:
-    """An asyncio loop in a thread, for the small servers this file runs."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 async def connect_proxy(tunnels: list[str]):
