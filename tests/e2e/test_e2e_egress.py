@@ -4,13 +4,13 @@ never sent to a provider twice."""
 
 import asyncio
 import json
-import socket
 import time
 
 import httpx
 import pytest
 import yaml
 
+from tests.harness import sockets
 from tests.harness.background import Background
 from tests.harness.procs import Proc, free_port, python_cmd, start_gateway
 from tests.harness.tls import make_pki
@@ -83,16 +83,7 @@ def egress(tmp_path_factory):
     received: list[int] = []
     proxy = bg.run(connect_proxy(tunnels))
     dropper = bg.run(dropping_provider(received))
-    # A listener whose accept queue is full: connecting to it hangs, as to a blackholed address.
-    blackhole = socket.socket()
-    blackhole.bind(("127.0.0.1", 0))
-    blackhole.listen(0)
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(blackhole.getsockname())
-        fillers.append(s)
+    blackhole, fillers = sockets.blackhole()
 
     def route(name, base_url, ca=None):
         policies = {"apiKey": {"keys": [{"key": KEY}]}, "backendAuth": {"key": "k"}}

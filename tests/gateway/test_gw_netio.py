@@ -7,21 +7,13 @@ import socket
 import pytest
 
 from gateway.proxy import ProxySettings, parse_proxy
+from tests.harness import sockets
 from tollgate_common.netio import ConnectFailed, Proxy, connect
 
 
 @pytest.fixture
 def blackhole():
-    """A listener whose accept queue is full: a connect to it hangs like a blackholed route."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(3):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(listener.getsockname())
-        fillers.append(s)
+    listener, fillers = sockets.blackhole()
     yield listener.getsockname()
     for s in [listener, *fillers]:
         s.close()
