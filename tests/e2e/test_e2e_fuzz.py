@@ -5,7 +5,9 @@ numbers beyond every range, lone surrogates, deep nesting, truncated or non-JSON
 wrong paths and keys), go to one gateway process with both dialects and both providers
 behind the mock upstream, streaming and not, through a local token bucket. Every answer
 must be a 2xx or a 4xx, never a 5xx, and arrive within REQUEST_TIMEOUT; afterwards a good
-request is still served. Bounded to about a minute on the 2-core machine.
+request is still served. The mock parses and counts requests with the gateway's own code,
+so a request the gateway lets through and the mock chokes on fails here too (as
+`tool_calls: true` in an Anthropic message did, in the token count both share). Bounded to about a minute on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def target(tmp_path_factory):
                 "policies": {"apiKey": {"keys": [{"key": KEY}]}, "backendAuth": {"key": "k"},
                              "localRateLimit": bucket},
                 "backends": [{"ai": {"name": provider, "provider": {provider: {"model": model}},
-                                     "baseUrl": mock_url}}]}
+                                     "baseUrl": mock_url, "tokenize": True}}]}
 
     config = {"config": {"adminAddr": f"127.0.0.1:{admin}", "logging": {"filter": "false"}},
               "binds": [{"port": port, "listeners": [{"routes": [

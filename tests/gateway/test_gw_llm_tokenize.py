@@ -141,3 +141,11 @@ def test_upper_bound_covers_images_and_the_tool_prompt():
     base = tokenize.upper_bound_tokens(plain)
     assert tokenize.upper_bound_tokens(with_image) == base + 2000
     assert tokenize.upper_bound_tokens(with_tools) == base + 400 + len(json.dumps(tools, separators=(",", ":")))
+
+
+def test_an_openai_only_field_in_an_anthropic_message_is_not_counted():
+    """Found by the fuzz suite: `tool_calls: true` in a /v1/messages message broke the count."""
+    from gateway.llm import Dialect, estimate_tokens, parse_request, upper_bound_tokens
+    raw = b'{"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi", "tool_calls": true}]}'
+    req = parse_request(Dialect.ANTHROPIC, raw)
+    assert estimate_tokens(req) > 0 and upper_bound_tokens(req) > 0
