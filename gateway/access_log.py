@@ -49,7 +49,8 @@ def record(call: Call, seconds: float) -> dict[str, Any]:
 
 class AccessLog:
     def __init__(self, out: IO[bytes] | None = None) -> None:
-        self.out = out if out is not None else sys.stderr.buffer
+        # The binary side of stderr (a replaced stderr, as under a test runner, may have none).
+        self.out = out if out is not None else getattr(sys.stderr, "buffer", None) or _Text(sys.stderr)
 
     def write(self, call: Call, seconds: float) -> None:
         """Logs one request as the config's `config.logging` says; never raises."""
@@ -69,6 +70,19 @@ class AccessLog:
             self.out.flush()
         except Exception:  # noqa: BLE001 - a log line must never fail a request
             log.exception("access log: could not write a record")
+
+
+class _Text:
+    """A text stream written with bytes."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode())
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _activation(call: Call) -> Activation:
