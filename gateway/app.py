@@ -126,7 +126,9 @@ class Handler:
             log.exception("unhandled error on %s %s", scope["method"], path)
             await self.refuse(call, reply, GatewayError(500, "internal_error", "internal gateway error"))
         finally:
-            self.replica.metrics.request(call.status, call.reason, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.replica.metrics.request(call.status, call.reason, seconds)
+            self.replica.access_log.write(call, seconds)
 
     async def serve(self, call: Call, kind: str, receive, reply: Reply) -> None:
         call.identity = self.authenticate(call)
@@ -188,7 +190,8 @@ class Handler:
         url = join_url(backend.base_url, outbound.path)
         try:
             response = await self.replica.upstream.send(url, outbound.headers, outbound.body,
-                                                        call.route.policies.request_timeout)
+                                                        call.route.policies.request_timeout, backend.tls,
+                                                        call.config.connect_timeout)
         except UpstreamError as e:
             reason = "upstream_timeout" if e.status == 504 else "upstream_unreachable"
             raise GatewayError(e.status, reason, str(e)) from e

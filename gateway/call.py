@@ -39,6 +39,10 @@ class Call:
     # The outcome, for tollgate_requests_total: set by whoever answers.
     status: int = 200
     reason: str = "ok"
+    # For the access log: what the provider answered, what the call used and cost.
+    upstream_status: int | None = None
+    usage: "Usage | None" = None
+    cost_usd: float = 0.0
 
     def bind(self, req: "LLMRequest", backend: "Backend") -> None:
         """The parsed request and the backend it goes to; builds the call's activation."""
@@ -60,6 +64,7 @@ class Call:
         model has a price) become visible to CEL. Returns the cost in micro-dollars."""
         price = self.price
         cost = price.cost_micros(usage) if price is not None else None
+        self.usage, self.cost_usd = usage, (cost or 0) / MICROS
         self.activation.update_llm(inputTokens=usage.input_tokens, outputTokens=usage.output_tokens,
                                    cachedInputTokens=usage.cached_input_tokens, totalTokens=usage.total,
                                    **({"cost": cost / MICROS} if cost is not None else {}))

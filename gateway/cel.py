@@ -51,7 +51,7 @@ class Activation:
     never evaluate anything that reads `request.headers`.
     """
 
-    __slots__ = ("api_key", "method", "path", "headers", "llm", "_values", "_cel")
+    __slots__ = ("api_key", "method", "path", "headers", "llm", "response", "_values", "_cel")
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class Activation:
         self.path = path
         self.headers = headers
         self.llm = llm
+        self.response: Mapping[str, Any] | None = None
         self._values: dict[str, Any] = {}
         self._cel: _Variables | None = None
 
@@ -74,6 +75,12 @@ class Activation:
         self.llm = {**(self.llm or {}), **values}
         self._values.pop("llm", None)
         self._cel = None  # its macro name table may hold the old values
+
+    def update_response(self, **values: Any) -> None:
+        """Sets `response.*` (the access log's `response.code`) once the answer is known."""
+        self.response = {**(self.response or {}), **values}
+        self._values.pop("response", None)
+        self._cel = None
 
     def value(self, name: str) -> Any:
         """The CEL value of a top-level variable; KeyError for an unknown name."""
@@ -122,6 +129,9 @@ VARIABLES: dict[str, frozenset[str] | None] = {
     "apiKey": None,
     "request": frozenset({"method", "path", "headers"}),
     "llm": frozenset({"requestModel", "inputTokens", "outputTokens", "cachedInputTokens", "totalTokens", "cost"}),
+    # Known once the answer is: the access log's fields and filter. Elsewhere it is
+    # empty, so a budget condition reading it evaluates as an error (false).
+    "response": frozenset({"code"}),
 }
 _TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type",
                          "dyn"})
@@ -195,7 +205,7 @@ def _check_names(source: str, tree: Any) -> frozenset[str]:
             name = node.children[0]
             if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES:
                 raise CelError(f"invalid CEL expression {source!r}: unknown variable '{name}' at column "
-                               f"{name.column}{_did_you_mean(name, VARIABLES)}; variables: apiKey, request, llm")
+                               f"{name.column}{_did_you_mean(name, VARIABLES)}; variables: {', '.join(VARIABLES)}")
         elif node.data in ("member_dot", "member_index"):
             root = _first_ident(node.children[0], only_member=True)
             field = node.children[1] if node.data == "member_dot" else _string_literal(node.children[1])
@@ -280,7 +290,11 @@ def _llm(a: Activation) -> Any:
     return to_cel(dict(a.llm)) if a.llm else _EMPTY
 
 
-_CONVERTERS = {"apiKey": _metadata, "request": _request, "llm": _llm}
+def _response(a: Activation) -> Any:
+    return to_cel(dict(a.response)) if a.response else _EMPTY
+
+
+_CONVERTERS = {"apiKey": _metadata, "request": _request, "llm": _llm, "response": _response}
 
 
 def _eval_reason(error: CELEvalError) -> str:

@@ -68,14 +68,15 @@ def anthropic_kind(status: int) -> str:
     return _ANTHROPIC_KINDS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 
 
-def error_body(dialect: str, status: int, message: str, kind: str | None = None) -> bytes:
+def error_body(dialect: str, status: int, message: str, kind: str | None = None,
+               code: str | None = None) -> bytes:
     """A JSON error body; `dialect` is a `gateway.llm.Dialect` (a str enum) or its value.
 
-    `kind` replaces the default `type` chosen from the status.
+    `kind` replaces the default `type` chosen from the status, `code` OpenAI's default code.
     """
     if dialect == "anthropic":
         error: dict = {"type": kind or anthropic_kind(status), "message": message}
         return json.dumps({"type": "error", "error": error}, separators=(",", ":")).encode()
-    default_type, code = openai_kind(status)
-    error = {"message": message, "type": kind or default_type, "param": None, "code": code}
+    default_type, default_code = openai_kind(status)
+    error = {"message": message, "type": kind or default_type, "param": None, "code": code or default_code}
     return json.dumps({"error": error}, separators=(",", ":")).encode()

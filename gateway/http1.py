@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import httptools
 
-from tollgate_common.netio import ConnectFailed, connect
+from tollgate_common.netio import ConnectFailed, Proxy, connect
 
 
 class HTTPError(Exception):
@@ -239,11 +239,19 @@ class Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Kept-alive connections to one origin (scheme, host, port), opened on demand."""
+    """Kept-alive connections to one origin (scheme, host, port), opened on demand.
+
+    `retry_reused`: a request on a reused connection that the peer closed without a byte
+    of answer is sent again on a fresh one. Right for idempotent calls (the rate-limit
+    service's); never for a provider: the peer may have read the POST and started the
+    (paid) generation before dropping the connection, so a retry could run it twice.
+    """
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None,
-                 idle_limit: float = IDLE_LIMIT) -> None:
+                 idle_limit: float = IDLE_LIMIT, *, retry_reused: bool = True, proxy: Proxy | None = None,
+                 server_hostname: str | None = None) -> None:
         self.host, self.port, self.tls, self.idle_limit = host, port, tls, idle_limit
+        self.retry_reused, self.proxy, self.server_hostname = retry_reused, proxy, server_hostname
         default = 443 if tls else 80
         authority = f"[{host}]" if ":" in host else host
         self.authority = authority if port == default else f"{authority}:{port}"
@@ -261,19 +269,19 @@ class Pool:
             conn.close()
         return None
 
-    async def _connect(self) -> Connection:
+    async def _connect(self, timeout: float | None) -> Connection:
         try:
-            return await connect(lambda: Connection(self), self.host, self.port, tls=self.tls)
+            return await connect(lambda: Connection(self), self.host, self.port, tls=self.tls, timeout=timeout,
+                                 proxy=self.proxy, server_hostname=self.server_hostname)
         except ConnectFailed as e:
             raise HTTPError(str(e)) from e
 
     async def request(self, method: str, target: str, headers: bytes, body: bytes,
-                      read_timeout: float | None = None) -> Response:
+                      read_timeout: float | None = None, connect_timeout: float | None = None) -> Response:
         """`headers` is the block of `Name: value\\r\\n` lines (Host and Content-Length are added).
 
-        A reused connection the peer closed before answering (the keep-alive race) is
-        retried once on a fresh one: no byte of a response came back, so the peer
-        dropped the request rather than served it.
+        With `retry_reused`, a reused connection the peer closed before answering (the
+        keep-alive race) is retried once on a fresh one: no byte of a response came back.
         """
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n" % (
             method.encode(), target.encode(), self.authority.encode(), headers, len(body))
@@ -282,9 +290,9 @@ class Pool:
             try:
                 return await conn.request(head, body, read_timeout)
             except HTTPError:
-                if conn.answered:
+                if conn.answered or not self.retry_reused:
                     raise
-        return await (await self._connect()).request(head, body, read_timeout)
+        return await (await self._connect(connect_timeout)).request(head, body, read_timeout)
 
     async def post(self, path: str, body: bytes, headers: bytes = b"") -> tuple[int, bytes]:
         """A whole POST: (status, body)."""

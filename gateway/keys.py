@@ -1,4 +1,4 @@
-"""Virtual key generation for `tollgate keys generate`."""
+"""Virtual key generation for `tollgate keys generate`, and the published demo keys."""
 
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ import yaml
 from gateway.policies.apikey import key_digest
 
 KEY_BYTES = 32  # 256 random bits
+
+# sha256 of the demo's keys (deploy/gateway/keys/: sk-alice-abc123def456, sk-bob-xyz789uvw012,
+# sk-mike-key). They are in the repository, so anyone can use them: with
+# TOLLGATE_REFUSE_DEMO_KEYS=1 (set by deploy/compose/real-providers.yml) a config holding
+# one does not load, so a stack switched to real providers refuses to start with them.
+DEMO_KEY_DIGESTS = frozenset({
+    "477fe4bee6e6d46cc4fa5827b4c375f045b01701de265deea7c26a74d4f86d1f",
+    "b2bd46e01122f51b540cc49cfdd020484776e67f5d3966c099e689eac4b8d93e",
+    "291e302b85db9ca05bb0e321664e5ad677ded679207483793f2571139ac0760d",
+})
+
+
+def refuse_demo_keys() -> bool:
+    return os.environ.get("TOLLGATE_REFUSE_DEMO_KEYS", "") not in ("", "0", "false")
 
 
 def new_key(prefix: str = "sk-") -> str:

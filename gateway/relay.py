@@ -26,6 +26,7 @@ class Relay:
         self.call = call
         self.response = response
         self.adapter = response_adapter(call.req, call.backend.provider)
+        call.upstream_status = response.status
 
     @property
     def status(self) -> int:
@@ -71,9 +72,10 @@ class Relay:
     async def error(self) -> GatewayError:
         """A non-2xx answer, as the gateway's own error in the client's dialect.
 
-        A 401/403 from the provider is about the gateway's upstream key, not the client's
-        virtual key, so it becomes a 502; its body (which may echo part of the upstream
-        key) is not relayed.
+        The upstream's body never reaches the client (llm/errors.py): it keeps the
+        upstream's status with the gateway's message. A 401/403 from the provider is about
+        the gateway's upstream key, not the client's virtual key: it becomes a 502 and is
+        logged as an error naming the backend, since only an operator can fix it.
         """
         try:
             raw = await self.response.read()
@@ -82,8 +84,13 @@ class Relay:
         finally:
             self.response.release()
         status = self.response.status
+        backend = self.call.backend
         if status in (401, 403):
+            log.error("backend %r (%s) rejected the gateway's upstream credentials with HTTP %d; "
+                      "check its apiKey / backendAuth", backend.name, backend.provider, status)
             return GatewayError(502, "upstream_auth", f"the upstream provider rejected the gateway's "
                                 f"credentials (HTTP {status}); check the backend's apiKey")
+        if not 400 <= status <= 599:  # a redirect or an unknown code is no answer a client can use
+            return GatewayError(502, "upstream_error", f"upstream answered HTTP {status}")
         return GatewayError(status, "upstream_error", "", body=translate_error(
-            self.call.req, self.call.backend.provider, status, raw))
+            self.call.req, backend.provider, status, raw))

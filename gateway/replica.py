@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.access_log import AccessLog
 from gateway.accounting import Accounting
 from gateway.config.runtime import GatewayConfig, Listener, Route
 from gateway.metrics import GatewayMetrics
@@ -24,6 +25,7 @@ class Replica:
         self.upstream = Upstream()
         self.ratelimit = RateLimitClient()
         self.accounting = Accounting(self.metrics, self.ratelimit)
+        self.access_log = AccessLog()
         self.ready = False
 
     def reload(self, config: GatewayConfig) -> None:

@@ -20,7 +20,8 @@ from starlette.responses import PlainTextResponse, Response
 
 from gateway.app import build_app
 from gateway.config.loader import load
-from gateway.config.runtime import GatewayConfig
+from gateway.config.runtime import GatewayConfig, Listener
+from gateway.inbound import guarded_protocol
 from gateway.metrics import CONTENT_TYPE
 from gateway.replica import Replica
 from tollgate_common.watch import Reloader
@@ -61,13 +62,26 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn(app, host: str, port: int) -> _Server:
+def _uvicorn(app, host: str, port: int, **options) -> _Server:
     config = uvicorn.Config(
-        app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+        app, host=host, port=port, loop="none", lifespan="off",
         access_log=False, log_config=None, timeout_graceful_shutdown=GRACEFUL_SECONDS,
         backlog=2048, timeout_keep_alive=30, proxy_headers=False, server_header=False,
+        **{"http": "httptools", **options},
     )
     return _Server(config)
+
+
+def llm_server(replica: Replica, listener: Listener) -> _Server:
+    """One LLM listener: header limits (gateway/inbound.py), TLS when configured, and no
+    WebSocket support, so an upgrade request is served as plain HTTP (a 4xx here)."""
+    def limits() -> tuple[int, int, float]:
+        config = replica.config
+        return config.max_header_bytes, config.max_header_count, config.header_timeout
+
+    tls = {"ssl_certfile": listener.tls[0], "ssl_keyfile": listener.tls[1]} if listener.tls else {}
+    return _uvicorn(build_app(replica, listener.port), "0.0.0.0", listener.port,
+                    http=guarded_protocol(limits), ws="none", **tls)
 
 
 async def serve(config: GatewayConfig) -> None:
@@ -75,7 +89,7 @@ async def serve(config: GatewayConfig) -> None:
     for warning in config.warnings:
         log.warning("%s", warning)
     await replica.start()
-    servers = [_uvicorn(build_app(replica, lst.port), "0.0.0.0", lst.port) for lst in config.listeners]
+    servers = [llm_server(replica, lst) for lst in config.listeners]
     admin_host, admin_port = split_addr(config.admin_addr)
     servers.append(_uvicorn(build_admin(replica), admin_host, admin_port))
 
@@ -104,7 +118,8 @@ async def serve(config: GatewayConfig) -> None:
         gc.freeze()
         replica.ready = True
         log.info("listening on %s; admin on %s",
-                 ", ".join(str(lst.port) for lst in config.listeners), config.admin_addr)
+                 ", ".join(f"{lst.port}{' (HTTPS)' if lst.tls else ''}" for lst in config.listeners),
+                 config.admin_addr)
     else:
         stop()
     results = await asyncio.gather(*serving, return_exceptions=True)

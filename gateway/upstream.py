@@ -14,7 +14,9 @@ import functools
 import ssl
 from urllib.parse import urlsplit
 
+from gateway.config.runtime import BackendTLS
 from gateway.http1 import HTTPError, Pool, Response
+from gateway.proxy import ProxySettings
 from tollgate_common.netio import tls_context
 
 DEFAULT_TIMEOUT = 600.0  # seconds; LLM calls are slow, routes may set their own
@@ -80,37 +82,56 @@ def header_block(headers: tuple[tuple[str, str], ...]) -> bytes:
 
 class Upstream:
     def __init__(self) -> None:
-        self._pools: dict[tuple[str, str, int], Pool] = {}
-        self._tls: ssl.SSLContext | None = None
+        # One pool per origin and TLS setting: a backend with its own CA bundle never
+        # shares connections verified against another's.
+        self._pools: dict[tuple[str, str, int, BackendTLS | None], Pool] = {}
+        self._contexts: dict[BackendTLS | None, ssl.SSLContext] = {}
+        self._proxies = ProxySettings()
 
     async def start(self) -> None:
-        self._tls = tls_context()
+        self._contexts[None] = tls_context()
+        try:
+            self._proxies = ProxySettings.from_environment()  # read once (README, Security model)
+        except ValueError as e:
+            raise SystemExit(f"tollgate: HTTPS_PROXY / HTTP_PROXY: {e}") from None
 
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
 
-    def _pool(self, origin: tuple[str, str, int]) -> Pool:
-        pool = self._pools.get(origin)
+    def _context(self, tls: BackendTLS | None) -> ssl.SSLContext:
+        context = self._contexts.get(tls)
+        if context is None:  # files were checked at load; read once per distinct backendTLS
+            context = self._contexts[tls] = tls_context(tls.root, tls.cert, tls.key)
+        return context
+
+    def _pool(self, origin: tuple[str, str, int], tls: BackendTLS | None) -> Pool:
+        key = (*origin, tls)
+        pool = self._pools.get(key)
         if pool is None:
             scheme, host, port = origin
-            pool = self._pools[origin] = Pool(host, port, self._tls if scheme == "https" else None,
-                                              idle_limit=UPSTREAM_IDLE_LIMIT)
+            pool = self._pools[key] = Pool(
+                host, port, self._context(tls) if scheme == "https" else None, idle_limit=UPSTREAM_IDLE_LIMIT,
+                retry_reused=False, proxy=self._proxies.for_origin(scheme, host, port),
+                server_hostname=tls.hostname if tls else None)
         return pool
 
-    async def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float | None) -> Response:
+    async def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float | None,
+                   tls: BackendTLS | None = None, connect_timeout: float | None = None) -> Response:
         """POSTs and returns once the response headers arrived; the caller reads the body.
 
         `timeout` bounds the wait for the headers and then every wait for body bytes,
-        so a stalled stream also ends in a timeout.
+        so a stalled stream also ends in a timeout; `connect_timeout` bounds opening a
+        connection (each of a name's addresses is tried in turn, happy-eyeballs style).
         """
         limit = timeout or DEFAULT_TIMEOUT
         origin, path = _target(url)
         block = header_block(tuple(headers.items()))
         try:
             async with asyncio.timeout(limit):
-                return await self._pool(origin).request("POST", path, block, body, read_timeout=limit)
+                return await self._pool(origin, tls).request("POST", path, block, body, read_timeout=limit,
+                                                             connect_timeout=connect_timeout)
         except TimeoutError as e:
             raise UpstreamTimeout(f"upstream {redacted(url)} did not answer within {limit:g}s") from e
         except HTTPError as e:

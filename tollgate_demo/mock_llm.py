@@ -9,6 +9,12 @@ stream chunks) and `x-mock-status` (answer with that error status instead).
 OpenAI's `n` is honoured (n answers, usage summed); `--drop-after N` breaks every
 stream off after N content pieces, as a provider whose connection drops would.
 
+Errors can also be asked for through a gateway, which forwards no x-mock-* header: a
+model named `mock-error-<status>` answers that status, and `mock-error-stream` streams
+one chunk and then an error event. With `--echo-key` (or `x-mock-echo-key: 1`) every
+error quotes the credential it was sent, as some providers' errors do: the leak the
+gateway must not relay.
+
 Prompt tokens are counted from the messages (words and punctuation marks plus
 OpenAI's per-message framing); completion tokens are one word each, capped by the
 request's max_tokens. The last 100 requests are kept for tests at
@@ -60,6 +66,7 @@ class Settings:
     delay_ms: int = 0
     chunk_delay_ms: int = 0
     require_key: str | None = None
+    echo_key: bool = False
     record: bool = True
     drop_after: int | None = None  # content pieces a stream sends before its connection drops
     models: tuple[str, ...] = ("gpt-4o-mini", "gpt-3.5-turbo", "claude-sonnet-4-5")
@@ -102,6 +109,23 @@ class MockError(Exception):
         self.message = message
 
 
+ERROR_MODEL = re.compile(r"mock-error-(\d{3})")
+STREAM_ERROR_MODEL = "mock-error-stream"
+
+
+def credential(request: Request) -> str:
+    """The upstream key the request carried (Bearer or x-api-key)."""
+    auth = request.headers.get("authorization", "")
+    return auth.removeprefix("Bearer ") if auth else request.headers.get("x-api-key", "")
+
+
+def echoed_error(dialect: Dialect, status: int, message: str, key: str) -> bytes:
+    """An error that quotes the caller's key in its message, type, code and param."""
+    body = json.loads(error_body(dialect, status, f"{message}; Incorrect API key provided: {key}"))
+    body["error"].update({"param": key, "code": f"key_{key}"} if dialect == Dialect.OPENAI else {})
+    return to_json(body)
+
+
 def honest_count(text: str) -> int:
     return len(WORD_OR_MARK.findall(text))
 
@@ -141,14 +165,19 @@ class Mock:
         raw = await request.body()
         if self.settings.record:
             self.record(request, raw)
+        echo = self.settings.echo_key or request.headers.get("x-mock-echo-key") == "1"
         try:
             plan = self.plan(request, dialect, raw)
         except MockError as e:
-            return Response(error_body(dialect, e.status, e.message), e.status, media_type=JSON)
+            body = (echoed_error(dialect, e.status, e.message, credential(request)) if echo
+                    else error_body(dialect, e.status, e.message))
+            return Response(body, e.status, media_type=JSON)
         if plan.delay:
             await asyncio.sleep(plan.delay)
         if plan.req.stream:
             events = anthropic_events(plan) if dialect == Dialect.ANTHROPIC else openai_events(plan)
+            if plan.model == STREAM_ERROR_MODEL:
+                events = failing_events(events, dialect, credential(request) if echo else "")
             return StreamingResponse(self.billing(plan, events), media_type=SSE, headers={"cache-control": "no-cache"})
         self.bill(plan.prompt_tokens, plan.billed_completion)
         body = anthropic_message(plan) if dialect == Dialect.ANTHROPIC else openai_completion(plan)
@@ -183,7 +212,8 @@ class Mock:
         if not req.model:
             raise MockError(400, "'model' is required")
         asked = overrides(request)
-        status = asked.get("x-mock-status", 0)
+        named = ERROR_MODEL.fullmatch(req.model)
+        status = asked.get("x-mock-status", int(named.group(1)) if named else 0)
         if status >= 400:
             raise MockError(status, f"mock upstream answered {status} as asked by x-mock-status")
         s = self.settings
@@ -326,6 +356,20 @@ async def anthropic_events(plan: Plan) -> AsyncIterator[bytes]:
     yield event({"type": "message_stop"})
 
 
+async def failing_events(events: AsyncIterator[bytes], dialect: Dialect, key: str) -> AsyncIterator[bytes]:
+    """The stream's first event, then an error event as the provider sends one mid-stream."""
+    async for chunk in events:
+        yield chunk
+        break
+    message = f"stream failed; Incorrect API key provided: {key}" if key else "stream failed"
+    if dialect == Dialect.ANTHROPIC:
+        yield event({"type": "error", "error": {"type": "overloaded_error", "message": message}})
+    else:
+        yield frame(None, to_json({"error": {"message": message, "type": "server_error", "param": key or None,
+                                             "code": None}}))
+        yield DONE
+
+
 # ---- process ----------------------------------------------------------------------
 
 def build_app(settings: Settings) -> Starlette:
@@ -355,8 +399,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="wait between stream chunks")
     p.add_argument("--require-key", default=env("MOCK_LLM_REQUIRE_KEY"),
                    help="answer 401 unless the upstream key (Bearer or x-api-key) is this")
+    p.add_argument("--echo-key", action="store_true", default=env("MOCK_LLM_ECHO_KEY") == "1",
+                   help="quote the credential received in every error (a leaking provider)")
     p.add_argument("--models", default=env("MOCK_LLM_MODELS", ",".join(Settings.models)),
                    help="comma-separated names for GET /v1/models")
+    p.add_argument("--ssl-certfile", default=env("MOCK_LLM_SSL_CERTFILE"), help="serve HTTPS with this certificate")
+    p.add_argument("--ssl-keyfile", default=env("MOCK_LLM_SSL_KEYFILE"), help="and this key")
     p.add_argument("--no-record", action="store_true", default=env("MOCK_LLM_NO_RECORD") == "1",
                    help="do not keep requests for /_mock/requests (benchmarks)")
     p.add_argument("--drop-after", type=int, default=env("MOCK_LLM_DROP_AFTER"),
@@ -368,12 +416,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = Settings(
         completion_tokens=args.completion_tokens, chunks=args.chunks, delay_ms=args.delay_ms,
-        chunk_delay_ms=args.chunk_delay_ms, require_key=args.require_key, record=not args.no_record,
+        chunk_delay_ms=args.chunk_delay_ms, require_key=args.require_key, echo_key=args.echo_key,
+        record=not args.no_record,
         models=tuple(m for m in args.models.split(",") if m),
         drop_after=int(args.drop_after) if args.drop_after is not None else None,
     )
     uvicorn.run(build_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False, lifespan="off")
+                access_log=False, lifespan="off", ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
 
 
 if __name__ == "__main__":

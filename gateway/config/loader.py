@@ -9,6 +9,7 @@ listing every `file:line: message` found.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from gateway.config import runtime as rt
 from gateway.config.keyfiles import read_keys_dir, read_text
 from gateway.config.source import ConfigError, EnvDocument, Problem, parse_yaml
 from gateway.config.validate import validate
+from gateway.keys import DEMO_KEY_DIGESTS, refuse_demo_keys
 from gateway.policies.apikey import ApiKey, ApiKeyPolicy, KeyEntry, KeyStore
+from tollgate_common.netio import tls_context
 
 DEFAULT_BASE_URLS = {"openAI": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 
@@ -61,6 +64,11 @@ class _Builder:
             metrics_fields=dict(settings.metrics.fields.add),
             model_catalog=dict(settings.model_catalog),
             max_body_bytes=settings.max_body_size,
+            max_header_bytes=settings.max_header_size,
+            max_header_count=settings.max_header_count,
+            header_timeout=settings.header_timeout,
+            connect_timeout=settings.backend.connect_timeout,
+            access_log=settings.logging,
             watch_paths=(self.source.absolute(), *dict.fromkeys(self.keys_dirs)),
             warnings=tuple(self.warnings() + self.unread_fields(listeners)),
         )
@@ -82,16 +90,22 @@ class _Builder:
                 api_key=model.params.api_key or None,
                 base_url=model.params.base_url or DEFAULT_BASE_URLS[model.provider],
                 tokenize=model.params.tokenize,
+                tls=self.backend_tls(("llm", "models", j, "tls"), model.tls),
             )
-            for model in llm.models
+            for j, model in enumerate(llm.models)
         )
         policies = self.policies(("llm", "policies"), llm.policies)
         route = rt.Route(name="llm", path_prefix="/", policies=policies, backends=backends, model_routing=True)
-        return rt.Listener(port=llm.port, routes=(route,))
+        return rt.Listener(port=llm.port, routes=(route,), tls=self.listener_tls(("llm", "tls"), llm.tls))
 
     def bind_listener(self, i: int, bind: m.Bind) -> rt.Listener:
         routes: list[rt.Route] = []
         names: dict[str, int] = {}
+        tls = [listener.tls for listener in bind.listeners]
+        if any(t != tls[0] for t in tls):
+            # One port is one socket: its listeners share a protocol and a certificate.
+            self.problem(("binds", i, "listeners"), f"the listeners of port {bind.port} must share "
+                         "'protocol' and 'tls' (one socket serves them all)")
         for li, listener in enumerate(bind.listeners):
             for ri, route in enumerate(listener.routes):
                 loc = ("binds", i, "listeners", li, "routes", ri)
@@ -100,15 +114,45 @@ class _Builder:
                     self.problem(loc + ("name",), f"duplicate route name {name!r} (first at line {names[name]})")
                 names.setdefault(name, self.doc.line(loc))
                 policies = self.policies(loc + ("policies",), route.policies)
-                backends = tuple(self.ai_backend(b.ai, policies.backend_auth) for b in route.backends)
+                backend_tls = self.backend_tls(loc + ("policies", "backendTLS"), route.policies.backend_tls)
+                backends = tuple(self.ai_backend(b.ai, policies.backend_auth, backend_tls) for b in route.backends)
                 for prefix in [match.path.path_prefix for match in route.matches] or ["/"]:
                     routes.append(rt.Route(name=name, path_prefix=prefix, policies=policies,
                                            backends=backends, model_routing=False))
         routes.sort(key=lambda r: len(r.path_prefix), reverse=True)
-        return rt.Listener(port=bind.port, routes=tuple(routes))
+        return rt.Listener(port=bind.port, routes=tuple(routes),
+                           tls=self.listener_tls(("binds", i, "listeners", 0, "tls"), tls[0]))
+
+    # --- TLS files ----------------------------------------------------------------------
+
+    def file(self, value: str) -> str:
+        """A path from the config, relative to the config file's directory."""
+        path = Path(value)
+        return str(path if path.is_absolute() else (self.source.parent / path).absolute())
+
+    def listener_tls(self, loc: Loc, spec: m.ListenerTLS | None) -> tuple[str, str] | None:
+        if spec is None:
+            return None
+        cert, key = self.file(spec.cert), self.file(spec.key)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as e:
+            self.problem(loc, f"tls: cannot load certificate {spec.cert!r} and key {spec.key!r}: {e}")
+        return cert, key
+
+    def backend_tls(self, loc: Loc, spec: m.BackendTLS | None) -> rt.BackendTLS | None:
+        if spec is None:
+            return None
+        tls = rt.BackendTLS(root=spec.root and self.file(spec.root), cert=spec.cert and self.file(spec.cert),
+                            key=spec.key and self.file(spec.key), hostname=spec.hostname)
+        try:
+            tls_context(tls.root, tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as e:
+            self.problem(loc, f"backendTLS: cannot load {', '.join(spec.given('root', 'cert', 'key'))}: {e}")
+        return tls
 
     @staticmethod
-    def ai_backend(ai: m.AIBackend, api_key: str | None) -> rt.Backend:
+    def ai_backend(ai: m.AIBackend, api_key: str | None, tls: rt.BackendTLS | None = None) -> rt.Backend:
         if ai.base_url:
             base_url = ai.base_url
         elif ai.host_override:
@@ -116,7 +160,7 @@ class _Builder:
         else:
             base_url = DEFAULT_BASE_URLS[ai.provider.kind]
         return rt.Backend(name=ai.name, provider=ai.provider.kind, model=ai.provider.model,
-                          api_key=api_key, base_url=base_url, tokenize=ai.tokenize)
+                          api_key=api_key, base_url=base_url, tokenize=ai.tokenize, tls=tls)
 
     # --- policies ---------------------------------------------------------------------
 
@@ -161,12 +205,17 @@ class _Builder:
             store.add(entry.digest, entry.metadata, entry.allowed_models)
 
     def unique(self, seen: dict[str, str], digest: str, where: Problem, place: str) -> bool:
-        """True for a key not seen before; a duplicate is a problem naming where its twin is
-        (never the key itself)."""
+        """True for a key to serve: not seen before (a duplicate is a problem naming where its
+        twin is, never the key itself), and not a published demo key while those are refused."""
         if digest in seen:
             self.problems.append(Problem(where.file, where.line, f"duplicate API key (the same key is at {seen[digest]})"))
             return False
         seen[digest] = place
+        if digest in DEMO_KEY_DIGESTS and refuse_demo_keys():
+            self.problems.append(Problem(where.file, where.line, "this is one of the published demo keys "
+                                         "(deploy/gateway/keys/), refused while TOLLGATE_REFUSE_DEMO_KEYS=1: "
+                                         "replace it (tollgate keys generate)"))
+            return False
         return True
 
     # --- checks across the file -------------------------------------------------------
@@ -185,7 +234,7 @@ class _Builder:
                          f"adminAddr port {admin_port} is also an LLM listener port (line {first[admin_port]})")
 
     def problem(self, loc: Loc, message: str) -> None:
-        self.problems.append(self.doc.problem(loc, message))
+        self.problems.append(self.doc.problem(loc, self.doc.redact(loc, message)))
 
     def warnings(self) -> list[str]:
         return [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AliasChoices, BeforeValidator, Field, model_validator
 
 from gateway.policies.apikey import ApiKey
 from gateway.pricing import Price
@@ -70,6 +70,21 @@ class AIBackend(Model):
     at_most_one_of = (("host_override", "base_url", ""),)
 
 
+class BackendTLS(Model):
+    """agentgateway's `backendTLS`: how the gateway verifies (and authenticates to) a provider."""
+
+    root: NonEmpty | None = None  # CA bundle (PEM) instead of the system's store
+    cert: NonEmpty | None = None  # client certificate (PEM), with `key`
+    key: NonEmpty | None = None
+    hostname: NonEmpty | None = None  # name sent as SNI and verified, instead of the URL's host
+
+    @model_validator(mode="after")
+    def _pair(self) -> "BackendTLS":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("set 'cert' and 'key' together")
+        return self
+
+
 class RouteBackend(Model):
     ai: AIBackend
 
@@ -108,6 +123,7 @@ class LLMPolicies(Model):
 
 class RoutePolicies(LLMPolicies):
     backend_auth: BackendAuth | None = None
+    backend_tls: BackendTLS | None = Field(default=None, alias="backendTLS")
     url_rewrite: UrlRewrite | None = None
 
 
@@ -118,9 +134,22 @@ class Route(Model):
     policies: RoutePolicies = RoutePolicies()
 
 
+class ListenerTLS(Model):
+    cert: NonEmpty  # PEM certificate chain, relative to the config file
+    key: NonEmpty  # PEM private key
+
+
 class Listener(Model):
     name: str | None = None
+    protocol: Literal["HTTP", "HTTPS"] = "HTTP"
+    tls: ListenerTLS | None = None
     routes: list[Route] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _tls(self) -> "Listener":
+        if (self.protocol == "HTTPS") != (self.tls is not None):
+            raise ValueError("protocol: HTTPS needs 'tls: {cert, key}', and 'tls' needs protocol: HTTPS")
+        return self
 
 
 class Bind(Model):
@@ -141,10 +170,13 @@ class LLMModel(Model):
     name: NonEmpty  # exact, or a glob ("*", "gpt-*")
     provider: Literal["openAI", "anthropic"]
     params: ModelParams = ModelParams()
+    # agentgateway's llm.models[].tls (also spelled backendTLS)
+    tls: BackendTLS | None = Field(default=None, validation_alias=AliasChoices("tls", "backendTLS"))
 
 
 class LLM(Model):
     port: Port = 4000
+    tls: ListenerTLS | None = None  # serve HTTPS (agentgateway's llm.tls)
     policies: LLMPolicies = LLMPolicies()
     models: list[LLMModel] = Field(min_length=1)
 
@@ -159,11 +191,37 @@ class MetricsConfig(Model):
     fields: MetricFields = MetricFields()
 
 
+class LogFields(Model):
+    add: dict[NonEmpty, Cel] = {}  # field name -> CEL value
+    remove: list[NonEmpty] = []  # default fields left out
+
+
+class Logging(Model):
+    """agentgateway's `config.logging`: the access log (one JSON object per request, stderr)."""
+
+    filter: Cel | None = None  # log a request only when true ("false" turns the log off)
+    fields: LogFields = LogFields()
+    format: Literal["json"] = "json"
+
+
+class BackendSettings(Model):
+    """agentgateway's `config.backend`: how provider connections are made."""
+
+    # A blackholed address must fail in seconds, not after the route's 600 s request timeout.
+    connect_timeout: Duration = 10.0
+
+
 class Settings(Model):
     admin_addr: HostPort = "localhost:15000"
     metrics: MetricsConfig = MetricsConfig()
     model_catalog: dict[str, Price] = {}
     max_body_size: ByteSize = 10 * MIB
+    # Request heads (SPEC §9): 431 beyond these, 408 when not received in time.
+    max_header_size: ByteSize = 64 * 1024
+    max_header_count: int = Field(default=100, ge=1, le=10_000)  # hyper's and agentgateway's default
+    header_timeout: Duration = 30.0
+    logging: Logging = Logging()
+    backend: BackendSettings = BackendSettings()
 
 
 class GatewayFile(Model):

@@ -14,12 +14,23 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from gateway.cel import Expr
+    from gateway.config.models import Logging
     from gateway.pricing import Price
     from gateway.policies.apikey import ApiKeyPolicy
     from gateway.policies.local_ratelimit import LocalRateLimit
     from gateway.policies.remote_ratelimit import RemoteRateLimit
 
 Provider = Literal["openAI", "anthropic"]
+
+
+@dataclass(frozen=True)
+class BackendTLS:
+    """`backendTLS` with its files resolved (absolute paths, checked at load)."""
+
+    root: str | None = None  # CA bundle; None: the system's store
+    cert: str | None = None
+    key: str | None = None
+    hostname: str | None = None  # SNI and the name verified; None: the URL's host
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class Backend:
     api_key: str | None  # upstream credential, already env-expanded; never logged
     base_url: str  # scheme://host:port[/prefix]
     tokenize: bool = False
+    tls: BackendTLS | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class Route:
 class Listener:
     port: int
     routes: tuple[Route, ...]  # longest path prefix first
+    tls: tuple[str, str] | None = None  # (cert, key) files: HTTPS
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,11 @@ class GatewayConfig:
     metrics_fields: dict[str, "Expr"] = field(default_factory=dict)
     model_catalog: "dict[str, Price]" = field(default_factory=dict)
     max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
+    header_timeout: float = 30.0
+    connect_timeout: float = 10.0  # seconds, per provider connection (config.backend.connectTimeout)
+    access_log: "Logging | None" = None  # config.logging
     watch_paths: tuple[Path, ...] = ()  # the config file and every keysDir
     warnings: tuple[str, ...] = ()  # `file:line: message` lines worth logging at start
 

@@ -46,6 +46,7 @@ def _problem(doc: EnvDocument, root: type[BaseModel], err: dict) -> Problem:
         if kind in ("literal_error", "int_parsing", "float_parsing", "bool_parsing", "string_type",
                     "int_type", "greater_than_equal", "less_than_equal"):
             text += f", got {_shown(err.get('input'))}"
+        text = doc.redact(loc, text)
         where = dotted(loc)
         message = f"{where}: {text}" if where else text
     unset = doc.unset_under(loc)

@@ -5,9 +5,10 @@ usage chunk or body, Anthropic's `message_delta` or body). Before that, `usage` 
 already hold partial figures (Anthropic's `message_start` gives the input tokens), so
 a stream that ends early is still charged what the provider reported.
 
-Events reach the client as soon as they are complete: relays hand each chunk on
-untouched and only parse the few events that carry usage; translators and filters
-hold back at most one partial event.
+Events reach the client as soon as they are complete: relays hand complete events on
+untouched and only parse the few events that carry usage or an error (an error event is
+replaced by a sanitized one, llm/errors.py); everything holds back at most one partial
+event, so no byte of an error event leaves before it can be replaced.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import json
 from typing import Any
 
 from gateway.errors import error_body
+from gateway.llm.errors import ERROR_MARK, sanitized_error, scrub_events
 from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
 from gateway.llm.stream import EventBuffer, events, frame
 from gateway.llm.tokenize import estimate_tokens, text_counter
-from gateway.llm.translate import StreamTranslator, openai_completion, openai_error
+from gateway.llm.translate import StreamTranslator, openai_completion
 from gateway.llm.usage import Usage, read_anthropic, read_openai
 
 # Byte markers of the events that carry usage; inside JSON strings quotes are escaped,
@@ -57,18 +59,20 @@ class ResponseAdapter:
         return raw
 
     def feed(self, chunk: bytes) -> bytes:
-        """Stream bytes as they arrive; returns what to send the client now."""
-        complete = self._buffer.take(chunk)
-        if complete:
-            self._scan(complete)
-        return chunk
+        """Stream bytes as they arrive; returns what to send the client now: the events
+        completed so far (an error event must be whole to be replaced before any of its
+        bytes leave)."""
+        return self._relay(self._buffer.take(chunk))
 
     def finish(self) -> bytes:
         """The end of the upstream stream; returns any last bytes for the client."""
-        rest = self._buffer.rest()
-        if rest:
-            self._scan(rest)
-        return b""
+        return self._relay(self._buffer.rest())
+
+    def _relay(self, complete: bytes) -> bytes:
+        if not complete:
+            return b""
+        self._scan(complete)
+        return scrub_events(self.req.dialect, complete) if ERROR_MARK in complete else complete
 
     def broken(self) -> bytes:
         """The upstream stream broke off: the error event that ends the client's stream.
@@ -158,6 +162,8 @@ class OpenAIUsageFilter(OpenAIRelay):
         return self._filter(self._buffer.rest())
 
     def _filter(self, complete: bytes) -> bytes:
+        if ERROR_MARK in complete:
+            complete = scrub_events(self.req.dialect, complete)
         if OPENAI_USAGE not in complete:
             return complete
         kept = [raw + b"\n\n" for _, raw, data in events(complete)
@@ -239,16 +245,6 @@ def unsupported(provider: str) -> str:
 
 
 def translate_error(req: LLMRequest, provider: str, status: int, raw: bytes) -> bytes:
-    """An upstream's non-2xx body in the client's dialect.
-
-    A body already in the client's shape passes unchanged; an Anthropic error for an
-    OpenAI client is translated; anything else (HTML from a proxy, a bare string)
-    becomes a gateway error body naming the upstream status.
-    """
-    if provider == "anthropic" and req.dialect == Dialect.OPENAI:
-        return openai_error(status, raw)
-    body = _json_object(raw)
-    error = body.get("error") if body is not None else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return raw
-    return error_body(req.dialect, status, f"upstream answered HTTP {status}")
+    """An upstream's non-2xx body as the gateway's own error in the client's dialect: the
+    upstream's status, and of its body only a known error type and code (llm/errors.py)."""
+    return sanitized_error(req.dialect, status, raw)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.llm.request import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
+from gateway.llm import shape
+from gateway.llm.request import BadRequest, LLMRequest, message_list, overrides, with_changes
 
 PATH = "/v1/messages"
 ROLES = frozenset({"user", "assistant"})
@@ -14,17 +15,34 @@ VERSION = "2023-06-01"
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
-def check_messages(body: dict[str, Any]) -> None:
-    message_list(body, ROLES)
-    system = body.get("system")
-    if system is not None and not isinstance(system, (str, list)):
-        raise BadRequest("'system' must be a string or an array of text blocks")
+# The ranges Anthropic's API reference gives (see openai.FIELDS).
+FIELDS: dict[str, shape.Check] = {
+    "max_tokens": shape.integer(1, shape.INT32),
+    "temperature": shape.number(0, 1),
+    "top_p": shape.number(0, 1),
+    "top_k": shape.integer(0, shape.INT32),
+    "stop_sequences": shape.strings,
+    "metadata": shape.OBJECT,
+    "tools": shape.objects,
+    "tool_choice": shape.OBJECT,
+    "thinking": shape.OBJECT,
+}
+
+
+def check(body: dict[str, Any]) -> None:
     if body.get("max_tokens") is None:
         raise BadRequest("'max_tokens' is required for /v1/messages")
+    shape.check_fields(body, FIELDS)
+    for i, message in enumerate(message_list(body, ROLES)):
+        shape.content_parts(f"messages[{i}]", message.get("content"))
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        if not isinstance(system, list) or not all(isinstance(b, dict) for b in system):
+            raise BadRequest("'system' must be a string or an array of text blocks")
 
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
-    return optional_count(body, "max_tokens")
+    return body.get("max_tokens")  # checked by FIELDS
 
 
 def wants_usage(body: dict[str, Any], stream: bool) -> bool:

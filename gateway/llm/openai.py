@@ -4,23 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.llm.request import BadRequest, LLMRequest, message_list, optional_count, overrides, with_changes
+from gateway.llm import shape
+from gateway.llm.request import LLMRequest, message_list, overrides, with_changes
 
 PATH = "/v1/chat/completions"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
+# The ranges OpenAI's API reference gives; a field outside them is refused here, before
+# budgets are reserved (max tokens bound the reservation) or anything is sent.
+FIELDS: dict[str, shape.Check] = {
+    "max_tokens": shape.integer(1, shape.INT32),
+    "max_completion_tokens": shape.integer(1, shape.INT32),
+    "n": shape.integer(1, 128),
+    "temperature": shape.number(0, 2),
+    "top_p": shape.number(0, 1),
+    "presence_penalty": shape.number(-2, 2),
+    "frequency_penalty": shape.number(-2, 2),
+    "seed": shape.integer(-shape.INT64 - 1, shape.INT64),
+    "top_logprobs": shape.integer(0, 20),
+    "logprobs": shape.BOOLEAN,
+    "parallel_tool_calls": shape.BOOLEAN,
+    "user": shape.STRING,
+    "stop": shape.string_or_strings,
+    "stream_options": shape.OBJECT,
+    "response_format": shape.OBJECT,
+    "logit_bias": shape.OBJECT,
+    "metadata": shape.OBJECT,
+    "tools": shape.objects,
+    "tool_choice": shape.STRING_OR_OBJECT,
+}
+MESSAGE_FIELDS: dict[str, shape.Check] = {
+    "name": shape.STRING, "tool_call_id": shape.STRING, "tool_calls": shape.objects,
+}
+TOOL_CALL_FIELDS: dict[str, shape.Check] = {"id": shape.STRING, "function": shape.OBJECT}
+FUNCTION_FIELDS: dict[str, shape.Check] = {"name": shape.STRING, "arguments": shape.STRING}
 
-def check_messages(body: dict[str, Any]) -> None:
-    message_list(body, ROLES)
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object")
+
+def check(body: dict[str, Any]) -> None:
+    shape.check_fields(body, FIELDS)
+    for i, message in enumerate(message_list(body, ROLES)):
+        where = f"messages[{i}]"
+        shape.content_parts(where, message.get("content"))
+        shape.check_fields(message, MESSAGE_FIELDS, f"{where}.")
+        for j, call in enumerate(message.get("tool_calls") or ()):
+            shape.check_fields(call, TOOL_CALL_FIELDS, f"{where}.tool_calls[{j}].")
+            shape.check_fields(call.get("function") or {}, FUNCTION_FIELDS, f"{where}.tool_calls[{j}].function.")
+    for j, tool in enumerate(body.get("tools") or ()):
+        function = tool.get("function")
+        if function is not None:
+            shape.OBJECT(f"tools[{j}].function", function)
+            shape.check_fields(function, {"name": shape.STRING, "description": shape.STRING,
+                                          "parameters": shape.OBJECT}, f"tools[{j}].function.")
 
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
-    newer = optional_count(body, "max_completion_tokens")
-    older = optional_count(body, "max_tokens")
-    return newer if newer is not None else older
+    newer = body.get("max_completion_tokens")
+    return newer if newer is not None else body.get("max_tokens")  # both checked by FIELDS
 
 
 def wants_usage(body: dict[str, Any], stream: bool) -> bool:

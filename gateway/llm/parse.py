@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from gateway.llm import anthropic, openai
 from gateway.llm.request import BadRequest, Dialect, LLMRequest
+from gateway.llm.shape import loads
 
 
 def parse_request(dialect: Dialect, raw: bytes) -> LLMRequest:
     """Parses and checks a request body; raises `BadRequest` naming the problem."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    body = loads(raw)
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
     model = body.get("model")
@@ -27,7 +23,7 @@ def parse_request(dialect: Dialect, raw: bytes) -> LLMRequest:
     elif not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean")
     rules = anthropic if dialect == Dialect.ANTHROPIC else openai
-    rules.check_messages(body)
+    rules.check(body)
     return LLMRequest(
         dialect=dialect, body=body, raw=raw, model=model, stream=stream,
         max_output_tokens=rules.max_output_tokens(body),

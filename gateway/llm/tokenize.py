@@ -132,8 +132,9 @@ def count_prompt(req: LLMRequest, text_tokens: TextCounter, image_tokens: int = 
         name = message.get("name")
         if isinstance(name, str):
             total += PER_NAME + text_tokens(name)
-        for call in message.get("tool_calls") or ():
-            total += tokens(call)
+        if req.dialect == Dialect.OPENAI:  # an OpenAI field, checked at parse: a list of objects
+            for call in message.get("tool_calls") or ():
+                total += tokens(call)
     if body.get("tools"):
         total += text_tokens(json.dumps(body["tools"], separators=(",", ":")))
     return total

@@ -11,8 +11,9 @@ import json
 import time
 from typing import Any
 
-from gateway.errors import error_body
+from gateway.llm.errors import stream_error
 from gateway.llm.request import BadRequest, Dialect, LLMRequest, to_json
+from gateway.llm.shape import loads
 from gateway.llm.usage import Usage, openai_usage, read_anthropic
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often omit it
@@ -120,10 +121,9 @@ def _tool_use(call: Any, i: int) -> dict[str, Any]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not function.get("name"):
         raise BadRequest(f"messages[{i}].tool_calls: each call needs function.name")
-    try:
-        arguments = json.loads(function.get("arguments") or "{}")
-    except ValueError:
-        raise BadRequest(f"messages[{i}].tool_calls: function.arguments is not valid JSON") from None
+    arguments = loads(function.get("arguments") or "{}", f"messages[{i}].tool_calls: function.arguments")
+    if not isinstance(arguments, dict):
+        raise BadRequest(f"messages[{i}].tool_calls: function.arguments must be a JSON object")
     return {"type": "tool_use", "id": call.get("id") or "", "name": function["name"], "input": arguments}
 
 
@@ -181,17 +181,6 @@ def openai_completion(message: dict[str, Any], usage: Usage) -> dict[str, Any]:
             "model": message.get("model"), "choices": [choice], "usage": openai_usage(usage)}
 
 
-def openai_error(status: int, raw: bytes) -> bytes:
-    """An Anthropic error body (or anything else an upstream said) as an OpenAI error."""
-    message, kind = f"upstream answered HTTP {status}", None
-    try:
-        error = json.loads(raw)["error"]
-        message, kind = str(error["message"]), error.get("type")
-    except (ValueError, KeyError, TypeError):
-        pass
-    return error_body(Dialect.OPENAI, status, message, kind)
-
-
 class StreamTranslator:
     """Turns Anthropic stream events into OpenAI chat.completion.chunk frames."""
 
@@ -228,9 +217,8 @@ class StreamTranslator:
         if kind == "message_stop":
             tail = self._frame({"choices": [], "usage": openai_usage(self.usage)}) if self.include_usage else b""
             return tail + b"data: [DONE]\n\n"
-        if kind == "error":
-            error = data.get("error") or {}
-            return b"data: " + openai_error(500, to_json({"error": error})) + b"\n\n"
+        if kind == "error":  # the provider's text stays out: it may quote what it was sent
+            return b"data: " + stream_error(Dialect.OPENAI, data.get("error")) + b"\n\n"
         return b""  # ping, content_block_stop, and event types newer than this code
 
     def _block_start(self, index: Any, block: dict[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ ports are exposed, and the image carries what the commands need.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,6 +174,7 @@ def test_real_provider_switch_overrides_only_upstream_settings_and_the_token():
     override = load_yaml(OVERRIDE)["services"]
     assert set(override) == {"gateway", "ratelimit"}
     env = override["gateway"]["environment"]
+    assert env.pop("TOLLGATE_REFUSE_DEMO_KEYS") == "1"  # see the next test
     assert set(env) == set(service_environment("gateway"))
     for name in ("gateway", "ratelimit"):  # the public demo token is not accepted
         with pytest.raises(ValueError, match="TOLLGATE_RATELIMIT_TOKEN"):
@@ -181,6 +183,20 @@ def test_real_provider_switch_overrides_only_upstream_settings_and_the_token():
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         interpolate(env["OPENAI_API_KEY"], {})
     assert interpolate(env["OPENAI_API_KEY"], {"OPENAI_API_KEY": "sk-real"}) == "sk-real"
+
+
+def test_real_providers_refuse_the_published_demo_keys():
+    """With the override's TOLLGATE_REFUSE_DEMO_KEYS=1, the deploy config and its demo keys
+    do not load: the gateway would not start, nor pass its healthcheck."""
+    env = {**dict(os.environ), "TOLLGATE_KEYS_DIR": str(DEPLOY / "gateway" / "keys"), "TOLLGATE_REFUSE_DEMO_KEYS": "1"}
+    config = str(DEPLOY / "gateway" / "config.yaml")
+    result = subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", config], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("published demo keys") == 3, result.stderr
+    del env["TOLLGATE_REFUSE_DEMO_KEYS"]
+    assert subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", config], env=env,
+                          capture_output=True, timeout=60).returncode == 0
 
 
 def test_compose_interpolation_defaults_point_at_the_mock():

@@ -324,3 +324,17 @@ def test_metadata_must_be_json(tmp_path):
     (p,) = problems(tmp_path, "llm:\n  policies:\n    apiKey:\n      keys:\n      - key: k\n"
                     "        metadata:\n          since: 2024-01-01\n" + MODELS)
     assert p == "7: llm.policies.apiKey.keys[0].metadata.since: input was not a valid JSON value"
+
+
+def test_a_problem_names_the_variable_never_its_value(tmp_path, monkeypatch):
+    secret = "sk-upstream-config-secret-9d8e7f"
+    monkeypatch.setenv("TG_SECRET", secret)
+    ps = problems(tmp_path, "config:\n  adminAddr: $TG_SECRET\nllm:\n  port: $TG_SECRET\n"
+                  "  policies:\n    apiKey: {mode: \"${TG_SECRET}\"}\n" + MODELS +
+                  "binds:\n- port: 8080\n  listeners:\n  - routes:\n    - backends:\n"
+                  "      - ai: {name: a, provider: {openAI: {}}, hostOverride: \"x-$TG_SECRET\"}\n")
+    assert len(ps) == 4 and not any(secret in p or secret[3:] in p for p in ps), ps
+    assert "4: llm.port: Input should be a valid integer, unable to parse string as an integer, " \
+           "got the value of $TG_SECRET" in ps
+    assert any("the value of $TG_SECRET" in p and "adminAddr" in p for p in ps)
+    assert any("hostOverride" in p and "the value of $TG_SECRET" in p for p in ps)

@@ -119,3 +119,55 @@ def test_error_bodies_in_both_dialects(status, oa_type, oa_code, an_type):
     assert an == {"type": "error", "error": {"type": an_type, "message": "the key is invalid"}}
     assert json.loads(error_body("anthropic", status, "m", kind="overloaded_error"))["error"]["type"] == \
         "overloaded_error"
+
+
+HI = '[{"role": "user", "content": "x"}]'
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize("dialect", [OA, AN], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("fields, words", [
+    ('"max_tokens": 18446744073709551616', "'max_tokens' must be an integer from 1 to 2147483647"),
+    ('"max_tokens": 2147483648', "'max_tokens' must be an integer from 1"),
+    ('"max_tokens": 5, "temperature": 3', "'temperature' must be a number"),
+    ('"max_tokens": 5, "top_p": -0.5', "'top_p' must be a number"),
+    ('"max_tokens": 5, "temperature": NaN', "NaN is not a JSON number"),
+    ('"max_tokens": 5, "extra": 1e999', "out of range"),
+    ('"max_tokens": 5, "extra": ' + DEEP, "nested deeper than 64 levels"),
+    ('"max_tokens": 5, "extra": ' + "[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+])
+def test_numbers_and_nesting_beyond_any_model_are_refused(dialect, fields, words):
+    with pytest.raises(BadRequest, match=words):
+        parse_request(dialect, ('{"model": "m", "messages": ' + HI + ", " + fields + "}").encode())
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"max_completion_tokens": 2**64}, "'max_completion_tokens' must be an integer"),
+    ({"n": 1000}, "'n' must be an integer from 1 to 128"),
+    ({"stop": 5}, "'stop' must be a string or an array of strings"),
+    ({"tools": [{"function": 5}]}, "'tools.0..function' must be an object"),
+    ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages.0..role must be one of .* not a dict"),
+    ({"messages": [{"role": "assistant", "tool_calls": 5}]}, "'messages.0..tool_calls' must be an array of objects"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}]},
+     "'messages.0..tool_calls.0..function.arguments' must be a string"),
+    ({"messages": [{"role": "user", "content": [5]}]}, "messages.0..content.0. must be an object"),
+])
+def test_openai_malformed_shapes_name_the_field(body, words):
+    with pytest.raises(BadRequest, match=words):
+        req(OA, **{"model": "m", "messages": HELLO, **body})
+
+
+def test_a_lone_surrogate_is_refused_and_a_pair_is_text():
+    with pytest.raises(BadRequest, match=r"messages\[0\].content holds a lone UTF-16 surrogate"):
+        parse_request(OA, b'{"model": "m", "messages": [{"role": "user", "content": "a\\ud800"}]}')
+    with pytest.raises(BadRequest, match=r"system holds a lone UTF-16 surrogate"):
+        parse_request(AN, b'{"model": "m", "max_tokens": 5, "system": "\\udfff", "messages": ' + HI.encode() + b"}")
+    emoji = parse_request(OA, b'{"model": "m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}')
+    assert emoji.body["messages"][0]["content"] == "\N{GRINNING FACE}"
+
+
+def test_tool_arguments_going_to_anthropic_must_be_a_json_object():
+    calls = [{"id": "1", "function": {"name": "f", "arguments": "[1]"}}]
+    request = req(OA, model="m", messages=[*HELLO, {"role": "assistant", "tool_calls": calls}])
+    with pytest.raises(BadRequest, match="function.arguments must be a JSON object"):
+        build_upstream(request, "anthropic", None, "k")

@@ -136,7 +136,7 @@ def test_anthropic_client_on_anthropic_backend(mock):
 def test_upstream_auth_failure_reaches_each_sdk_as_its_error(mock):
     with pytest.raises(openai.AuthenticationError) as e:
         openai_client(Relay(mock, "anthropic", api_key="wrong")).chat.completions.create(model="c", messages=HELLO)
-    assert "invalid API key" in e.value.message
+    assert "upstream answered HTTP 401 (authentication_error)" in e.value.message
     with pytest.raises(anthropic.AuthenticationError):
         anthropic_client(Relay(mock, "anthropic", api_key="wrong")).messages.create(
             model="c", max_tokens=5, messages=HELLO)

@@ -202,7 +202,8 @@ def test_stream_error_event_becomes_an_openai_error_frame():
     stream = anthropic_sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     out = run(response_adapter(client, "anthropic"), [stream])
     error = json.loads(datas(out)[0])["error"]
-    assert error["message"] == "Overloaded" and error["type"] == "overloaded_error"
+    assert error["message"] == "upstream sent an error event (overloaded_error)"
+    assert error["type"] == "overloaded_error"
 
 
 def test_crlf_framing_and_a_missing_final_blank_line():
@@ -242,18 +243,44 @@ def test_non_stream_bodies():
     assert adapter.usage_known and adapter.usage.total == 15
 
 
-def test_upstream_errors_in_the_clients_dialect():
+def test_upstream_errors_in_the_clients_dialect_keep_only_known_words():
     oa = request(Dialect.OPENAI, model="m", messages=HELLO)
     an = request(Dialect.ANTHROPIC, model="c", max_tokens=9, messages=HELLO)
-    anthropic_error = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
+    anthropic_error = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down sk-secret"}}'
     translated = json.loads(translate_error(oa, "anthropic", 429, anthropic_error))
-    assert translated["error"]["message"] == "slow down" and translated["error"]["type"] == "rate_limit_error"
-    assert translate_error(an, "anthropic", 429, anthropic_error) == anthropic_error
-    openai_error = b'{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}'
-    assert translate_error(oa, "openAI", 400, openai_error) == openai_error
+    assert translated["error"] == {"message": "upstream answered HTTP 429 (rate_limit_error)",
+                                   "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}
+    relayed = json.loads(translate_error(an, "anthropic", 429, anthropic_error))
+    assert relayed == {"type": "error", "error": {"type": "rate_limit_error",
+                                                  "message": "upstream answered HTTP 429 (rate_limit_error)"}}
+    openai_error = b'{"error":{"message":"bad sk-secret","type":"invalid_request_error","param":"sk-secret",' \
+                   b'"code":"context_length_exceeded"}}'
+    error = json.loads(translate_error(oa, "openAI", 400, openai_error))["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "context_length_exceeded", None)
+    invented = b'{"error":{"message":"m","type":"sk-secret-type","code":"sk-secret-code"}}'
+    assert b"sk-secret" not in translate_error(oa, "openAI", 400, invented)
     html = json.loads(translate_error(oa, "openAI", 502, b"<html>Bad Gateway</html>"))
     assert html["error"]["message"] == "upstream answered HTTP 502"
     assert json.loads(translate_error(an, "anthropic", 503, b""))["type"] == "error"
+
+
+@pytest.mark.parametrize("how", SPLITS)
+def test_error_events_in_relayed_streams_are_replaced_whole(how):
+    """However the upstream cuts its bytes, no byte of an error event's text reaches the client."""
+    oa = request(Dialect.OPENAI, model="m", messages=HELLO, stream=True, stream_options={"include_usage": True})
+    an = request(Dialect.ANTHROPIC, model="c", max_tokens=9, messages=HELLO, stream=True)
+    openai_stream = upstream_stream(oa)
+    openai_stream = openai_stream.replace(
+        b"data: [DONE]", b'data: {"error":{"message":"key sk-secret-123","type":"server_error"}}\n\ndata: [DONE]')
+    out = run(response_adapter(oa, "openAI"), cuts(openai_stream, how))
+    assert b"sk-secret" not in out and b'"upstream sent an error event (server_error)"' in out
+    assert out.endswith(b"data: [DONE]\n\n")
+    anthropic_stream = anthropic_sse({"type": "error", "error": {"type": "api_error", "message": "sk-secret-123"}})
+    out = run(response_adapter(an, "anthropic"), cuts(anthropic_stream, how))
+    assert b"sk-secret" not in out
+    assert datas(out) == [b'{"type":"error","error":{"type":"api_error","message":"upstream sent an error event '
+                          b'(api_error)"}}']
+    assert out.startswith(b"event: error\n")
 
 
 def test_running_usage_on_content_chunks_is_not_final():

@@ -158,3 +158,11 @@ def test_upper_bound_covers_what_the_estimate_may_leave_out():
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
     with pytest.raises(tokenize.Unbounded, match="input_audio"):
         tokenize.upper_bound_tokens(req(messages=[{"role": "user", "content": [audio]}]))
+
+
+def test_an_openai_only_field_in_an_anthropic_message_is_not_counted():
+    """Found by the fuzz suite: `tool_calls: true` in a /v1/messages message broke the count."""
+    from gateway.llm import Dialect, estimate_tokens, parse_request, upper_bound_tokens
+    raw = b'{"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi", "tool_calls": true}]}'
+    req = parse_request(Dialect.ANTHROPIC, raw)
+    assert estimate_tokens(req) > 0 and upper_bound_tokens(req) > 0

@@ -60,10 +60,12 @@ async def test_a_provider_401_is_a_502_without_its_body(tmp_path):
 
 async def test_an_anthropic_error_reaches_an_openai_client_in_its_dialect(tmp_path):
     call = call_for(tmp_path, CONFIG % "anthropic", {**STREAM, "stream": False})
-    body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
+    body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded: sk-x"}}).encode()
     error = await Relay(call, Upstream(529, [body])).error()
     assert error.status == 529
-    assert json.loads(error.render(call.dialect))["error"]["message"] == "Overloaded"
+    rendered = json.loads(error.render(call.dialect))["error"]
+    assert rendered["type"] == "overloaded_error"  # the provider's vocabulary is kept, its text is not
+    assert rendered["message"] == "upstream answered HTTP 529 (overloaded_error)"
 
 
 async def test_a_whole_body_that_breaks_off_is_a_502(tmp_path):

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from tests.harness.ratelimit import descriptor, launch_service, metric, reservation_id, start_service
+from tests.harness.sockets import blackhole
 
 CONFIG = "domain: d\ndescriptors:\n  - key: user_id\n    rate_limit: {unit: hour, requests_per_unit: 100}\n"
 ITEMS = 1000
@@ -88,20 +89,6 @@ def test_a_batch_shares_redis_round_trips(config_dir, redis_url):
     finally:
         proc.stop()
         relay.close()
-
-
-def blackhole() -> tuple[socket.socket, list[socket.socket]]:
-    """A port whose accept queue is full: new connections hang, as behind a dropping firewall."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        filler.connect_ex(listener.getsockname())
-        fillers.append(filler)
-    return listener, fillers
 
 
 def test_an_unreachable_redis_fails_the_items_within_one_connect_timeout(config_dir):
