@@ -54,7 +54,8 @@ class GatewayError(Exception):
 
     def render(self, dialect: str) -> bytes:
         # A trailing newline, as OpenAI's own bodies have: curl's prompt starts on its own line.
-        return self.body if self.body is not None else error_body(dialect, self.status, self.message) + b"\n"
+        body = self.body if self.body is not None else error_body(dialect, self.status, self.message)
+        return body if body.endswith(b"\n") else body + b"\n"
 
 
 def openai_kind(status: int) -> tuple[str, str | None]:

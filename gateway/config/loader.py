@@ -188,12 +188,19 @@ class _Builder:
     def read_keys_dir(self, loc: Loc, configured: str, store: KeyStore, seen: dict[str, str]) -> None:
         directory = Path(configured)
         if not directory.is_absolute():
-            directory = self.source.parent / directory
+            # Written in the file, a path is the file's (`keys` next to config.yaml, as
+            # deploy/ ships it); taken from the environment (TOLLGATE_KEYS_DIR=deploy/gateway/keys),
+            # it is the shell's, as every other command-line path is.
+            from_env = any(os.environ.get(name) for name in self.doc.vars_under(loc))
+            directory = Path.cwd() / directory if from_env else self.source.parent / directory
         self.keys_dirs.append(directory.absolute())
         try:
             keys, problems = read_keys_dir(directory)
         except OSError as e:
-            self.problem(loc, f"keysDir {str(directory)!r}: {e.strerror or e}")
+            # A directory is no secret: shown as resolved, with the variable it came from.
+            names = ", ".join(f"${n}" for n in self.doc.vars_under(loc) if os.environ.get(n))
+            origin = f" (from {names})" if names else ""
+            self.problems.append(self.doc.problem(loc, f"keysDir {str(directory)!r}{origin}: {e.strerror or e}"))
             return
         self.problems += problems
         for key in keys:

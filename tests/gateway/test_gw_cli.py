@@ -121,3 +121,31 @@ def test_schema_validates_the_fixtures():
     typo = {"llm": {"models": [{"name": "*", "provider": "openAI"}], "polices": {}}}
     with pytest.raises(jsonschema.ValidationError, match="polices"):
         jsonschema.validate(typo, schema)
+
+
+def test_the_shipped_config_validates_from_the_checkout_wherever_it_is_run(tmp_path):
+    shipped = REPO / "deploy" / "gateway" / "config.yaml"
+    for cwd in (REPO, tmp_path):  # `keysDir: ${TOLLGATE_KEYS_DIR:-keys}`: next to the file
+        result = subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", str(shipped)], cwd=cwd,
+                                capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHONPATH": str(REPO), "TOLLGATE_KEYS_DIR": ""})
+        assert result.returncode == 0, result.stderr
+        assert "keysDir" not in result.stderr
+
+
+def test_a_keys_dir_from_the_environment_is_the_shells_path_one_in_the_file_is_the_files(tmp_path):
+    (tmp_path / "conf" / "keys").mkdir(parents=True)
+    (tmp_path / "conf" / "keys" / "carol").write_text('{"key": "sk-carol", "metadata": {"user_id": "carol"}}')
+    (tmp_path / "conf" / "config.yaml").write_text(
+        "llm:\n  policies:\n    apiKey:\n      keysDir: ${TOLLGATE_KEYS_DIR:-keys}\n"
+        "  models: [{name: '*', provider: anthropic}]\n")
+    config = "conf/config.yaml"
+    from_file = tollgate("validate", "-f", str(tmp_path / config), env={"TOLLGATE_KEYS_DIR": ""})
+    assert from_file.returncode == 0, from_file.stderr
+    shell = subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", config], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "TOLLGATE_KEYS_DIR": "conf/keys"})
+    assert shell.returncode == 0, shell.stderr  # not conf/conf/keys
+    wrong = tollgate("validate", "-f", str(tmp_path / config), env={"TOLLGATE_KEYS_DIR": "nowhere"})
+    assert wrong.returncode != 0
+    assert f"keysDir '{REPO / 'nowhere'}' (from $TOLLGATE_KEYS_DIR): No such file or directory" in wrong.stderr
