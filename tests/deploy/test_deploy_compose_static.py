@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -141,7 +142,8 @@ def gateway_config() -> dict:
 def test_gateway_config_fits_the_compose_topology():
     config = gateway_config()
     policies = config["llm"]["policies"]
-    keys_dir = container_to_host("gateway", policies["apiKey"]["keysDir"])
+    # Relative to the config file, as the gateway reads it.
+    keys_dir = container_to_host("gateway", posixpath.join("/etc/tollgate", policies["apiKey"]["keysDir"]))
     assert sorted(p.name for p in keys_dir.iterdir()) == ["alice", "bob", "mike"]
     remote = policies["remoteRateLimit"]
     for rule in remote.get("conditional", [remote]):
