@@ -95,7 +95,7 @@ def _load(path: str) -> GatewayConfig | None:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return None
-    for warning in config.warnings:
+    for warning in config.warnings:  # once, here: a running gateway logs a reload's own
         print(f"warning: {warning}", file=sys.stderr)
     return config
 
@@ -113,9 +113,13 @@ def _run(path: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_START
-    from gateway.server import run  # the request path's imports are not needed to validate
+    from gateway.server import ListenError, run  # the request path's imports are not needed to validate
 
-    run(config)
+    try:
+        run(config)
+    except ListenError as e:
+        print(f"tollgate: {e}", file=sys.stderr)
+        return EXIT_START
     return 0
 
 

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 
 import uvicorn
 from fastapi import FastAPI
@@ -29,6 +30,29 @@ from tollgate_common.watch import Reloader
 log = logging.getLogger("tollgate")
 
 GRACEFUL_SECONDS = 30
+BACKLOG = 2048
+
+
+class ListenError(Exception):
+    """A listener's address cannot be bound: one line for the operator, nothing started."""
+
+
+def bind(host: str, port: int, what: str) -> socket.socket:
+    """A bound socket for one listener, made before any server starts: a port in use is
+    one clear error naming the listener, instead of uvicorn exiting from inside a task."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ListenError(f"cannot listen on {host}:{port} ({what}): {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse it
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port} ({what}): {e.strerror or e}") from None
+    return sock
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -66,7 +90,7 @@ def _uvicorn(app, host: str, port: int, **options) -> _Server:
     config = uvicorn.Config(
         app, host=host, port=port, loop="none", lifespan="off",
         access_log=False, log_config=None, timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        backlog=2048, timeout_keep_alive=30, proxy_headers=False, server_header=False,
+        backlog=BACKLOG, timeout_keep_alive=30, proxy_headers=False, server_header=False,
         **{"http": "httptools", **options},
     )
     return _Server(config)
@@ -85,17 +109,30 @@ def llm_server(replica: Replica, listener: Listener) -> _Server:
 
 
 async def serve(config: GatewayConfig) -> None:
+    admin_host, admin_port = split_addr(config.admin_addr)
+    sockets = []
+    try:
+        for lst in config.listeners:
+            sockets.append(bind("0.0.0.0", lst.port, "an LLM listener: llm.port / binds[].port"))
+        sockets.append(bind(admin_host, admin_port, "the admin listener: config.adminAddr"))
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    # Each uvicorn server would say "Started server process" and "Uvicorn running on";
+    # the line below says it once for all of them. Its warnings and errors still show.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     replica = Replica(config)
-    for warning in config.warnings:
-        log.warning("%s", warning)
     await replica.start()
     servers = [llm_server(replica, lst) for lst in config.listeners]
-    admin_host, admin_port = split_addr(config.admin_addr)
     servers.append(_uvicorn(build_admin(replica), admin_host, admin_port))
 
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        if all(s.should_exit for s in servers):
+            return  # a second signal while already stopping
         log.info("shutting down: finishing in-flight requests")
         replica.ready = False
         for s in servers:
@@ -107,7 +144,7 @@ async def serve(config: GatewayConfig) -> None:
     reloader = Reloader(lambda: replica.config.watch_paths, lambda: load(config.source), replica.reload,
                         logging.getLogger("tollgate.config"))
     watch_task = loop.create_task(reloader.run())
-    serving = [loop.create_task(s.serve()) for s in servers]
+    serving = [loop.create_task(s.serve(sockets=[sock])) for s, sock in zip(servers, sockets)]
     while not all(s.started for s in servers):
         if any(t.done() for t in serving):
             break  # a bind failed; surface it below

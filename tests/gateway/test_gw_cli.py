@@ -149,3 +149,26 @@ def test_a_keys_dir_from_the_environment_is_the_shells_path_one_in_the_file_is_t
     wrong = tollgate("validate", "-f", str(tmp_path / config), env={"TOLLGATE_KEYS_DIR": "nowhere"})
     assert wrong.returncode != 0
     assert f"keysDir '{REPO / 'nowhere'}' (from $TOLLGATE_KEYS_DIR): No such file or directory" in wrong.stderr
+
+
+def test_a_used_port_is_one_clear_line_and_each_warning_shows_once(tmp_path):
+    import socket
+
+    with socket.socket() as taken, socket.socket() as spare:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spare.bind(("127.0.0.1", 0))
+        admin = spare.getsockname()[1]
+        spare.close()
+        config = tmp_path / "config.yaml"
+        config.write_text(f"config: {{adminAddr: '127.0.0.1:{admin}'}}\nllm:\n  port: {port}\n"
+                          "  models: [{name: '*', provider: openAI, params: {apiKey: $TOLLGATE_TEST_UNSET}}]\n")
+        result = tollgate("-f", str(config))  # TOLLGATE_TEST_UNSET is unset
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (f"tollgate: cannot listen on 0.0.0.0:{port} (an LLM listener: llm.port / binds[].port): "
+                         "Address already in use")
+    assert "Traceback" not in result.stderr and "Task exception" not in result.stderr
+    assert result.stderr.count("TOLLGATE_TEST_UNSET is not set") == 1
+    assert "Started server process" not in result.stderr
