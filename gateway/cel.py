@@ -186,12 +186,43 @@ def compile_expr(source: str) -> Expr:
         api_key_fields = _check_names(source, tree)
         runner = _ENV.program(tree)
     except celpy.CELParseError as e:
-        raise CelError(f"invalid CEL expression {source!r}: syntax error at column {e.column}") from None
+        raise CelError(f"invalid CEL expression {source!r}: {_syntax_hint(source, e.column)}") from None
     except CelError:
         raise
     except Exception as e:  # the transpiler rejects some well-formed trees (bad macro arguments)
         raise CelError(f"invalid CEL expression {source!r}: {e}") from None
     return Expr(source, runner.tp.executable_code, api_key_fields)
+
+
+def _syntax_hint(source: str, column: int | None) -> str:
+    """The parser's column, and what is wrong there when a person would see it at once:
+    a string never closed, brackets that do not pair."""
+    unclosed = _unclosed_quote(source)
+    if unclosed is not None:
+        return f"the string starting at column {unclosed + 1} is never closed"
+    depth = 0
+    for ch in source:
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if depth:
+        return f"syntax error at column {column}: brackets do not pair"
+    return f"syntax error at column {column}"
+
+
+def _unclosed_quote(source: str) -> int | None:
+    """The 0-based index of a quote that opens a string never closed, if any."""
+    quote, start, i = None, 0, 0
+    while i < len(source):
+        ch = source[i]
+        if quote is None and ch in "'\"":
+            quote, start = ch, i
+        elif quote is not None and ch == "\\":
+            i += 1  # an escaped character inside a string
+        elif ch == quote:
+            quote = None
+        i += 1
+    return start if quote is not None else None
 
 
 def _check_names(source: str, tree: Any) -> frozenset[str]:

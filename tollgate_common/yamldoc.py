@@ -61,12 +61,56 @@ def compose(text: str, offset: int = 0) -> list[Node | None]:
     try:
         nodes = list(yaml.compose_all(text, Loader=Loader))
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        detail = "; ".join(str(x) for x in (e.context, e.problem) if x)
-        raise YamlProblem(offset + mark.line + 1 if mark else None, detail) from None
+        raise syntax_problem(e, text, offset) from None
     except yaml.YAMLError as e:
         raise YamlProblem(None, str(e)) from None
     return nodes or [None]
+
+
+# Problems that are nearly always a line indented too far or not far enough.
+_INDENTATION = ("expected key", "expected <block end>", "mapping values are not allowed", "expected '-'")
+
+
+def syntax_problem(e: yaml.MarkedYAMLError, text: str, offset: int = 0) -> YamlProblem:
+    """A syntax error at the line a person fixes, with its column.
+
+    A token the scanner could not finish (a quote never closed, a key without its `:`)
+    is reported where the token starts; the scanner only notices at the next line or the
+    end of the file. Other problems are reported where they are, naming the block
+    they are in."""
+    problem, context = e.problem_mark, e.context_mark
+    what = str(e.problem or e.context or "invalid YAML")
+    if context is not None and e.context and e.context.startswith("while scanning"):
+        token = e.context.removeprefix("while scanning ")
+        detail = f"{what} in {token} that starts at column {context.column + 1}"
+        line = context.line
+    elif problem is not None and what.startswith("mapping values are not allowed") and _colonless(text, problem.line):
+        line = _colonless(text, problem.line)
+        return YamlProblem(offset + line + 1, f"no ':' after {text.splitlines()[line].strip()!r}, so the "
+                                              f"next line's key cannot follow it; add the ':' or check the indentation")
+    elif problem is not None:
+        detail = f"{what} at column {problem.column + 1}"
+        if context is not None and e.context:
+            detail += f" ({e.context.removeprefix('while parsing ')} that starts at line {offset + context.line + 1})"
+        line = problem.line
+    else:
+        return YamlProblem(None, what)
+    if any(hint in what for hint in _INDENTATION):
+        detail += "; check the indentation"
+    return YamlProblem(offset + line + 1, detail)
+
+
+def _colonless(text: str, line: int) -> int | None:
+    """The line before `line` (0-based, blank lines skipped) when it is a plain word run
+    with no ':' — a key whose colon was forgotten, which YAML reads as the start of a
+    multi-line scalar and only trips over on the next line."""
+    lines = text.splitlines()
+    for before in range(min(line, len(lines)) - 1, -1, -1):
+        stripped = lines[before].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        return before if ":" not in stripped and not stripped.startswith(("-", "[", "{", "'", '"')) else None
+    return None
 
 
 class TreeReader:

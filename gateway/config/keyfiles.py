@@ -97,7 +97,8 @@ def read_text(path: Path, limit: int | None = None) -> str:
         with path.open("rb") as f:
             raw = f.read(limit + 1 if limit else -1)
     except OSError as e:
-        raise ConfigError([Problem(str(path), 1, f"cannot read: {e.strerror or e}")]) from None
+        # No line: the file has none to point at ("nope.yaml: cannot read: No such file or directory").
+        raise ConfigError([Problem(str(path), None, f"cannot read: {e.strerror or e}")]) from None
     if limit and len(raw) > limit:
         raise ConfigError([Problem(str(path), 1, f"file is larger than {limit} bytes")])
     try:

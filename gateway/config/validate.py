@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -46,6 +47,8 @@ def _problem(doc: EnvDocument, root: type[BaseModel], err: dict) -> Problem:
         if kind in ("literal_error", "int_parsing", "float_parsing", "bool_parsing", "string_type",
                     "int_type", "greater_than_equal", "less_than_equal"):
             text += f", got {_shown(err.get('input'))}"
+        if kind == "literal_error":
+            text += _closest(err.get("input"), re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
         text = doc.redact(loc, text)
         where = dotted(loc)
         message = f"{where}: {text}" if where else text
@@ -59,6 +62,16 @@ def _shown(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
     return repr(value)
+
+
+def _closest(given: Any, allowed: list[str]) -> str:
+    """` (did you mean 'openAI'?)` for a value that differs from an allowed one in case or
+    by a typo: agentgateway's names are case-sensitive (`openAI`, not `openai`)."""
+    if not isinstance(given, str) or not allowed:
+        return ""
+    same = [a for a in allowed if a.lower() == given.lower()]
+    close = same or difflib.get_close_matches(given, allowed, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _suggest(root: type[BaseModel], loc: tuple) -> str:

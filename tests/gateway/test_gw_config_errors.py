@@ -24,9 +24,27 @@ def test_yaml_syntax_error(tmp_path):
     assert p.startswith("5: YAML syntax error:")
 
 
-def test_yaml_unclosed_quote(tmp_path):
+def test_yaml_unclosed_quote_is_reported_where_the_quote_opens(tmp_path):
     (p,) = problems(tmp_path, "llm:\n  port: 4000\n  models:\n  - name: 'gpt\n")
-    assert p.startswith("5: YAML syntax error:") and "quoted scalar" in p
+    assert p == "4: YAML syntax error: found unexpected end of stream in a quoted scalar that starts at column 11"
+
+
+def test_yaml_bad_indent_names_line_column_and_the_fix(tmp_path):
+    (p,) = problems(tmp_path, "llm:\n  models:\n  - name: a\n    provider: openAI\n   params: {}\n")
+    assert p == ("5: YAML syntax error: did not find expected key at column 4 "
+                 "(a block mapping that starts at line 2); check the indentation")
+
+
+def test_yaml_key_without_its_colon_is_reported_on_its_own_line(tmp_path):
+    (p,) = problems(tmp_path, "llm:\n  port 4000\n" + MODELS)
+    assert p == ("2: YAML syntax error: no ':' after 'port 4000', so the next line's key cannot follow it; "
+                 "add the ':' or check the indentation")
+
+
+def test_a_value_in_the_wrong_case_gets_a_did_you_mean(tmp_path):
+    (p,) = problems(tmp_path, "llm:\n  models: [{name: '*', provider: openai}]\n")
+    assert p == ("2: llm.models[0].provider: Input should be 'openAI' or 'anthropic', got 'openai' "
+                 "(did you mean 'openAI'?)")
 
 
 def test_duplicate_yaml_key(tmp_path):
@@ -46,7 +64,7 @@ def test_unknown_field_lists_choices_when_nothing_is_close(tmp_path):
 
 def test_bad_enum(tmp_path):
     (p,) = problems(tmp_path, "llm:\n  policies:\n    apiKey:\n      mode: strictt\n" + MODELS)
-    assert p == "4: llm.policies.apiKey.mode: Input should be 'strict', 'optional' or 'permissive', got 'strictt'"
+    assert p == "4: llm.policies.apiKey.mode: Input should be 'strict', 'optional' or 'permissive', got 'strictt' (did you mean 'strict'?)"
 
 
 def test_unknown_provider_llm_and_binds_forms(tmp_path):
@@ -91,6 +109,13 @@ def test_cel_syntax_error_at_its_line(tmp_path):
                  "invalid CEL expression 'apiKey.user_id ==': syntax error at column 16")
 
 
+def test_cel_unterminated_string_is_named(tmp_path):
+    (p,) = problems(tmp_path, "config:\n  metrics:\n    fields:\n      add:\n"
+                    "        user: \"apiKey.user_id == 'mike\"\nllm:\n" + MODELS)
+    assert p == ("5: config.metrics.fields.add.user: invalid CEL expression \"apiKey.user_id == 'mike\": "
+                 "the string starting at column 19 is never closed")
+
+
 def test_cel_error_in_metrics_label_and_bad_label(tmp_path):
     ps = problems(tmp_path, "config:\n  metrics:\n    fields:\n      add:\n        user: 'apiKey.('\n"
                   "        status: apiKey.x\nllm:\n" + MODELS)
@@ -111,7 +136,7 @@ def test_rate_limit_semantics(tmp_path):
     assert ps == [
         "4: llm.policies.localRateLimit[0].maxTokens: Input should be greater than or equal to 0, got -1",
         "5: llm.policies.localRateLimit[0].fillInterval: duration must be greater than 0, got '0s'",
-        "6: llm.policies.localRateLimit[0].type: Input should be 'tokens' or 'requests', got 'token'",
+        "6: llm.policies.localRateLimit[0].type: Input should be 'tokens' or 'requests', got 'token' (did you mean 'tokens'?)",
         "8: llm.policies.localRateLimit[1].fillInterval: invalid duration 'soon': "
         "expected e.g. 60s, 1m, 500ms or a number of seconds",
     ]
@@ -264,8 +289,9 @@ def test_empty_and_unreadable_files(tmp_path):
     assert p == "1: config is empty: expected 'llm:' or 'binds:'"
     (p,) = problems(tmp_path, "- a list\n")
     assert p == "1: config is not a mapping: expected 'llm:' or 'binds:'"
-    with pytest.raises(ConfigError, match="cannot read: No such file or directory"):
+    with pytest.raises(ConfigError) as e:
         load(tmp_path / "absent.yaml")
+    assert str(e.value) == f"{tmp_path / 'absent.yaml'}: cannot read: No such file or directory"  # no line 1
 
 
 def test_all_problems_reported_at_once_in_line_order(tmp_path):
