@@ -13,7 +13,6 @@ add per-request cost (~10% of the gateway's CPU when measured). The admin listen
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from gateway.config.runtime import Backend, Route
 from gateway.errors import GatewayError
 from gateway.cel import Activation
 from gateway.llm import BadRequest, Dialect, Unbounded, build_upstream, parse_request
+from gateway.model_list import model_list
 from gateway.policies.apikey import AuthError
 from gateway.policies.budget import BudgetExceeded, Unresolved
 from gateway.ratelimit_client import RemoteUnavailable
@@ -52,17 +52,10 @@ def endpoint(method: str, path: str) -> str | None:
 
 
 def select_backend(route: Route, model: str) -> Backend:
-    """Exact name first, then the first matching glob; a lone binds-form backend takes all."""
-    backends = route.backends
-    for b in backends:
-        if b.name == model:
-            return b
-    for b in backends:
-        if fnmatch.fnmatchcase(model, b.name):
-            return b
-    if not route.model_routing and backends:
-        return backends[0]
-    raise GatewayError(404, "model_not_found", f"model {model!r} is not configured on this gateway")
+    backend = route.backend_for(model)
+    if backend is None:
+        raise GatewayError(404, "model_not_found", f"model {model!r} is not configured on this gateway")
+    return backend
 
 
 async def read_body(receive, headers: Headers, limit: int) -> bytes:
@@ -81,14 +74,6 @@ async def read_body(receive, headers: Headers, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-def models_list(call: Call) -> bytes:
-    names = sorted({b.name for b in call.route.backends if not any(c in b.name for c in "*?[")})
-    if call.identity is not None:
-        names = [n for n in names if call.identity.allows(n)]
-    data = [{"id": n, "object": "model", "created": 0, "owned_by": "tollgate"} for n in names]
-    return json.dumps({"object": "list", "data": data}).encode() + b"\n"
 
 
 class Handler:
@@ -133,7 +118,8 @@ class Handler:
     async def serve(self, call: Call, kind: str, receive, reply: Reply) -> None:
         call.identity = self.authenticate(call)
         if kind == "models":
-            await reply.whole(200, models_list(call))
+            names = await self.replica.models.names(call.route, call.identity, call.config.connect_timeout)
+            await reply.whole(200, model_list(names, anthropic="anthropic-version" in call.headers))
             return
         if kind == "budget":
             await reply.whole(200, await self.budget(call))

@@ -12,6 +12,7 @@ from gateway.access_log import AccessLog
 from gateway.accounting import Accounting
 from gateway.config.runtime import GatewayConfig, Listener, Route
 from gateway.metrics import GatewayMetrics
+from gateway.model_list import ModelDirectory
 from gateway.ratelimit_client import RateLimitClient
 from gateway.upstream import Upstream
 
@@ -23,6 +24,7 @@ class Replica:
         self.config = config
         self.metrics = GatewayMetrics()
         self.upstream = Upstream()
+        self.models = ModelDirectory(self.upstream)
         self.ratelimit = RateLimitClient()
         self.accounting = Accounting(self.metrics, self.ratelimit)
         self.access_log = AccessLog()

@@ -118,8 +118,10 @@ class Upstream:
         return pool
 
     async def send(self, url: str, headers: dict[str, str], body: bytes, timeout: float | None,
-                   tls: BackendTLS | None = None, connect_timeout: float | None = None) -> Response:
-        """POSTs and returns once the response headers arrived; the caller reads the body.
+                   tls: BackendTLS | None = None, connect_timeout: float | None = None,
+                   method: str = "POST") -> Response:
+        """Sends (a POST unless told) and returns once the response headers arrived; the
+        caller reads the body.
 
         `timeout` bounds the wait for the headers and then every wait for body bytes,
         so a stalled stream also ends in a timeout; `connect_timeout` bounds opening a
@@ -130,7 +132,7 @@ class Upstream:
         block = header_block(tuple(headers.items()))
         try:
             async with asyncio.timeout(limit):
-                return await self._pool(origin, tls).request("POST", path, block, body, read_timeout=limit,
+                return await self._pool(origin, tls).request(method, path, block, body, read_timeout=limit,
                                                              connect_timeout=connect_timeout)
         except TimeoutError as e:
             raise UpstreamTimeout(f"upstream {redacted(url)} did not answer within {limit:g}s") from e

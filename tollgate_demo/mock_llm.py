@@ -259,6 +259,8 @@ class Mock:
 
     async def models(self, request: Request) -> Response:
         dialect = Dialect.ANTHROPIC if request.headers.get("anthropic-version") else Dialect.OPENAI
+        if self.settings.record:
+            self.record(request, b"")
         try:
             self.check_key(request, dialect)
         except MockError as e:

@@ -7,6 +7,8 @@ already compiled, so the request path never validates or compiles anything.
 
 from __future__ import annotations
 
+import fnmatch
+
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -65,6 +67,18 @@ class Route:
     # llm form: pick the backend by the request's model. binds form: agentgateway sends
     # every request on a route to its backend, whatever model the client named.
     model_routing: bool = True
+
+    def backend_for(self, model: str) -> "Backend | None":
+        """Exact name first, then the first matching glob; a lone binds-form backend takes all."""
+        for b in self.backends:
+            if b.name == model:
+                return b
+        for b in self.backends:
+            if fnmatch.fnmatchcase(model, b.name):
+                return b
+        if not self.model_routing and self.backends:
+            return self.backends[0]
+        return None
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,15 @@ def build_upstream(req: LLMRequest, provider: str, model: str | None, api_key: s
     if api_key:
         headers["authorization"] = "Bearer " + api_key
     return UpstreamCall(openai.PATH, openai.upstream_body(req, model, max_tokens), headers)
+
+
+MODELS_PATH = "/v1/models"
+
+
+def models_headers(provider: str, api_key: str | None) -> dict[str, str]:
+    """The headers of a provider's model list request: its credential (and Anthropic's version)."""
+    if provider == "anthropic":
+        out = anthropic.headers(api_key, None)
+        out.pop("content-type", None)
+        return out
+    return {"authorization": "Bearer " + api_key} if api_key else {}

@@ -91,9 +91,31 @@ def test_allowed_models_403_and_models_list(run):
     assert post(gw, NARROW).status_code == 200
     listed = lambda key: [m["id"] for m in httpx.get(  # noqa: E731
         f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]]
-    assert listed(KEY) == ["gpt-4o", "gpt-4o-mini"]  # globs are not listed
+    # gpt-* lists the provider's gpt models it would serve: gpt-4o-mini has its own entry.
+    assert listed(KEY) == ["gpt-3.5-turbo", "gpt-4o", "gpt-4o-mini"]
     assert listed(NARROW) == ["gpt-4o-mini"]
     assert httpx.get(f"{gw.url}/v1/models").status_code == 401
+
+
+def test_models_list_asks_the_provider_once_with_the_gateways_key(run, mock):
+    httpx.delete(f"{mock}/_mock/requests")
+    gw = run()
+    for _ in range(3):
+        listed = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert listed.status_code == 200 and "gpt-3.5-turbo" in listed.text
+    asks = [r for r in httpx.get(f"{mock}/_mock/requests").json()["requests"] if r["path"] == "/v1/models"]
+    assert len(asks) == 1, asks  # kept for ten minutes
+    assert asks[0]["headers"].get("authorization") == "Bearer k"  # the backend's key, never the caller's
+
+
+def test_models_list_survives_a_provider_that_cannot_list(run):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+    gw = run(mock_url=dead)
+    listed = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=15)
+    assert listed.status_code == 200
+    assert [m["id"] for m in listed.json()["data"]] == ["gpt-4o", "gpt-4o-mini"]  # the exact names still
 
 
 def test_upstream_unreachable_502_and_timeout_504(run, tmp_path):

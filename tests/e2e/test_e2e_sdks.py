@@ -99,9 +99,12 @@ def test_openai_authentication_error(stack):
     assert "key" in str(err.value).lower()
 
 
-def test_openai_models_list(stack):
+def test_models_list_shows_what_the_globs_can_serve(stack):
+    """Both entries are globs: each lists its provider's models that it would serve."""
     ids = [m.id for m in oai(stack.url).models.list()]
-    assert ids == []  # globs are not listed; this config names no exact model
+    assert ids == ["claude-sonnet-4-5", "gpt-3.5-turbo", "gpt-4o-mini"]  # the mock's three, each once
+    client = anthropic.Anthropic(base_url=stack.url, api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ids  # Anthropic's list shape for its SDK
 
 
 def test_openai_rate_limit_error(budget_stack):
