@@ -14,8 +14,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.config.loader import load
 from gateway.config.runtime import GatewayConfig
@@ -159,5 +161,15 @@ def _schema() -> int:
 
     schema = GatewayFile.model_json_schema(by_alias=True)
     schema["title"] = "Tollgate gateway config"
-    print(json.dumps(schema, indent=2))
+    print(json.dumps(_unwrapped(schema), indent=2))
     return 0
+
+
+def _unwrapped(node: Any) -> Any:
+    """`node` with the descriptions' wrapped lines (docstrings wrap at 120 columns) joined."""
+    if isinstance(node, list):
+        return [_unwrapped(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {key: re.sub(r"(?<!\n)\n(?!\n)", " ", value) if key == "description" and isinstance(value, str)
+            else value if key == "default" else _unwrapped(value) for key, value in node.items()}

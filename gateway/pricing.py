@@ -25,8 +25,11 @@ class Price(Model):
     """USD per 1M tokens: input, output, and cached input where the provider reports it."""
 
     input: float = Field(ge=0)
+    """USD per 1M input (prompt) tokens."""
     output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0)  # default: the input price
+    """USD per 1M output tokens."""
+    cached_input: float | None = Field(default=None, ge=0)
+    """USD per 1M cached prompt tokens, where the provider reports them; default: the input price."""
 
     @cached_property
     def _rates(self) -> tuple[Decimal, Decimal, Decimal]:

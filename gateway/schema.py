@@ -157,9 +157,14 @@ class Model(BaseModel):
     Fields that are alternatives are declared, not validated by hand: `one_of` groups
     need exactly one field set; `at_most_one_of` pairs (first, second, what the second
     is) refuse both together.
+
+    A subclass's docstring and the docstring under each field are the descriptions
+    `tollgate schema` prints, which editors show: write them for someone editing YAML
+    (what it is, its unit, its default, its values). A field's description replaces its
+    type's (a Duration's format), so one whose type has a format says it.
     """
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True,
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, use_attribute_docstrings=True,
                               protected_namespaces=(), arbitrary_types_allowed=True)
     one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
     at_most_one_of: ClassVar[tuple[tuple[str, str, str], ...]] = ()

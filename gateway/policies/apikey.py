@@ -30,21 +30,32 @@ ANTHROPIC_HEADER = "x-api-key"
 # --- schema ---------------------------------------------------------------------------
 
 class HeaderLocation(Model):
+    """A request header that carries the key."""
+
     name: NonEmpty
-    prefix: str | None = None  # default "Bearer " for authorization, "" otherwise
+    """Header name, e.g. x-api-key."""
+    prefix: str | None = None
+    """Text before the key in the header; default "Bearer " for authorization, none otherwise."""
 
 
 class KeyLocation(Model):
+    """Where requests carry their key."""
+
     header: HeaderLocation
+    """Read the key from this header: `{name: x-api-key}`."""
 
 
 class KeyEntry(Model):
     """One virtual key; also the shape of each file in a keysDir."""
 
     key: NonEmpty | None = None
+    """The key, as clients send it; or give its `keyHash` instead."""
     key_hash: KeyHash | None = None
-    metadata: dict[str, JsonValue] = {}  # JSON only: CEL sees it as apiKey.*
+    """The key's sha256, "sha256:" then 64 hex digits, instead of `key` (`tollgate keys generate` prints it)."""
+    metadata: dict[str, JsonValue] = {}
+    """Any JSON about the key's holder; CEL sees each field as apiKey.<field>, e.g. apiKey.user_id."""
     allowed_models: list[NonEmpty] | None = None
+    """Globs of the models this key may use (another model is 403); default: every model."""
     one_of = (("key", "key_hash"),)
 
     @property
@@ -53,10 +64,18 @@ class KeyEntry(Model):
 
 
 class ApiKey(Model):
+    """agentgateway's `apiKey` policy: virtual keys, each with its metadata and allowed models."""
+
     mode: any_case("strict", "optional", "permissive") = "strict"
+    """strict (default): a missing or invalid key is 401. optional: no key is served anonymously, an invalid key
+    is 401. permissive: never refuses; a valid key still identifies the caller."""
     keys: list[KeyEntry] = []
+    """Keys written in the config: `{key}` or `{keyHash}`, with `metadata` and `allowedModels`."""
     keys_dir: NonEmpty | None = None
+    """Directory of one JSON file per key, each shaped as a `keys` entry; relative to the config file (to the
+    working directory when it comes from an environment variable)."""
     location: KeyLocation | None = None
+    """Where the key is read; default `authorization: Bearer <key>`, or x-api-key when that is absent."""
 
 
 # --- runtime --------------------------------------------------------------------------

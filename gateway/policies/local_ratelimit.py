@@ -25,10 +25,16 @@ if TYPE_CHECKING:
 # --- schema ---------------------------------------------------------------------------
 
 class LocalRateLimit(Model):
+    """A token bucket kept by each replica (agentgateway's `localRateLimit[]`)."""
+
     max_tokens: int = Field(ge=0)
-    tokens_per_fill: int | None = Field(default=None, ge=1)  # default: maxTokens
+    """Bucket capacity, 0 or more; the bucket starts full."""
+    tokens_per_fill: int | None = Field(default=None, ge=1)
+    """Tokens added every `fillInterval`; default `maxTokens`."""
     fill_interval: Duration
+    """How often the bucket refills: 60s, 1m, 500ms, 1h30m, or seconds."""
     type: LimitType = "requests"
+    """What the bucket counts: requests (default, one per request) or tokens (the LLM's usage)."""
 
     @property
     def fill(self) -> int:

@@ -44,9 +44,13 @@ class DescriptorEntry(Model):
     """`{key, value: CEL}`; Kubernetes' agentgateway resources spell them `{name, expression}`."""
 
     key: NonEmpty | None = None
+    """Entry key, matched by the service's domain config, e.g. user_id."""
     value: Cel | None = None
+    """CEL giving the entry's value, e.g. apiKey.user_id."""
     name: NonEmpty | None = None
+    """Kubernetes' spelling of `key`."""
     expression: Cel | None = None
+    """Kubernetes' spelling of `value`."""
     one_of = (("key", "name"), ("value", "expression"))
 
     @property
@@ -59,15 +63,29 @@ class DescriptorEntry(Model):
 
 
 class DescriptorConfig(Model):
+    """A budget: the entries the service matches it by, and what a request charges it."""
+
     entries: list[DescriptorEntry] = Field(min_length=1)
+    """`{key, value}` pairs, at least one; the service matches them as envoy does."""
     type: DescriptorType | None = None
-    unit: any_case("tokens", "requests", "usd") | None = None  # Kubernetes: Tokens|Requests
-    cost: Cel | None = None  # what a request charges (USD for a usd descriptor), instead of its usage
+    """What is charged: requests (default, one per request), tokens (input + output) or usd (the call's cost at
+    config.modelCatalog prices, in micro-dollars)."""
+    unit: any_case("tokens", "requests", "usd") | None = None
+    """Kubernetes' spelling of `type`: Tokens or Requests (usd too); not with `type`."""
+    cost: Cel | None = None
+    """CEL: what a request charges instead of its usage, e.g. llm.inputTokens + 2 * llm.outputTokens (in USD for
+    a usd descriptor)."""
     enforcement: Enforcement | None = None
+    """soft: admit while anything is left, charge the actual usage. hard: reserve the worst case first, never
+    exceed. Default: the target's `enforcement`."""
     # A value that fails to evaluate refuses the request (the default for tokens and usd):
     # otherwise the request would run without this budget.
     required: bool | None = None
-    fallback_price: Price | None = None  # usd: the price of models missing from config.modelCatalog
+    """Whether a value that cannot be evaluated refuses the request (403 budget_unresolved) rather than skipping
+    this budget; default true for tokens and usd, false for requests."""
+    fallback_price: Price | None = None
+    """usd: the price, `{input, output, cachedInput?}` in USD per 1M tokens, of models config.modelCatalog
+    lacks; without it such a model is refused (403)."""
     at_most_one_of = (("type", "unit", "its Kubernetes spelling "),)
 
     @property
@@ -83,9 +101,13 @@ class BackendRef(Model):
     """A Kubernetes Service reference; becomes host `name.namespace:port`."""
 
     name: NonEmpty
+    """Service name."""
     namespace: str | None = None
+    """Service namespace; without it the host is name:port."""
     port: Port
+    """Service port."""
     kind: Literal["Service"] | None = None
+    """Only Service."""
 
     @property
     def host(self) -> str:
@@ -100,15 +122,24 @@ class RemoteTarget(Model):
     """A remote rate-limit call: which service, which domain, which descriptors."""
 
     host: HostPort | None = None
+    """The tollgate-ratelimit service as host:port; or give `backendRef`."""
     backend_ref: BackendRef | None = None
+    """The service as a Kubernetes Service reference, instead of `host`."""
     domain: NonEmpty | None = None
+    """The service's domain whose limits apply, e.g. token-budgets."""
     failure_mode: Literal["failClosed", "failOpen"] = "failClosed"
+    """When the service cannot answer: failClosed (default) refuses the request, failOpen serves it."""
     timeout: Duration = 0.5
+    """Time allowed per call to the service: 60s, 1m, 500ms, or seconds; default 500ms."""
     enforcement: Enforcement = "soft"
+    """Default of the descriptors' `enforcement`: soft (default) admits while anything is left, hard reserves
+    the worst case first and never exceeds."""
     descriptors: list[DescriptorConfig] | None = None
-    # The bearer token the service requires on /v1/*; default: $TOLLGATE_RATELIMIT_TOKEN
-    # (or the file $TOLLGATE_RATELIMIT_TOKEN_FILE names), read by the client.
+    """The budgets that apply, each matched by its entries."""
+    # The default is read by the client (gateway/ratelimit_client.py).
     token: str | None = None
+    """Bearer token the service requires on /v1/*; default $TOLLGATE_RATELIMIT_TOKEN, or the file
+    $TOLLGATE_RATELIMIT_TOKEN_FILE names."""
 
     def check_complete(self) -> None:
         exactly_one(self, "host", "backend_ref")
@@ -134,6 +165,8 @@ class RemoteTarget(Model):
 
 
 class CompleteTarget(RemoteTarget):
+    """A rule's target in Kubernetes' spelling; `domain`, `descriptors`, and `host` or `backendRef` are required."""
+
     @model_validator(mode="after")
     def _complete(self) -> "CompleteTarget":
         self.check_complete()
@@ -141,14 +174,19 @@ class CompleteTarget(RemoteTarget):
 
 
 class GlobalPolicy(Model):
+    """Kubernetes' `policy: {global: {...}}` around a rule's target."""
+
     global_: CompleteTarget = Field(alias="global")
+    """The target: domain, backendRef (or host) and descriptors."""
 
 
 class ConditionalTarget(RemoteTarget):
     """`{condition, <target fields>}`, or Kubernetes' `{condition, policy: {global: {...}}}`."""
 
     condition: Cel
+    """CEL: the rule applies when true; an error or a non-bool counts as false."""
     policy: GlobalPolicy | None = None
+    """Kubernetes' spelling, `{global: {domain, backendRef, descriptors}}`, instead of the target fields."""
 
     @model_validator(mode="after")
     def _complete(self) -> "ConditionalTarget":
@@ -164,6 +202,8 @@ class RemoteRateLimit(RemoteTarget):
     """The plain form (target fields), or `{conditional: [...]}` (first true condition wins)."""
 
     conditional: list[ConditionalTarget] | None = None
+    """Rules `{condition, <target fields>}`, instead of the target fields; the first whose condition is true
+    applies, and when none is, no budget does."""
 
     @model_validator(mode="after")
     def _complete(self) -> "RemoteRateLimit":

@@ -123,6 +123,35 @@ def test_schema_validates_the_fixtures():
         jsonschema.validate(typo, schema)
 
 
+def _schema_objects(node, where="#"):
+    """(where, object schema) of every schema object in `node`: $defs, properties, items,
+    anyOf/oneOf/allOf branches, additionalProperties, and so on."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _schema_objects(item, f"{where}[{i}]")
+    elif isinstance(node, dict):
+        yield where, node
+        for key, value in node.items():
+            if key in ("$defs", "properties"):
+                for name, sub in value.items():
+                    yield from _schema_objects(sub, f"{where}.{name}" if key == "properties" else name)
+            elif key not in ("default", "examples", "const", "enum"):
+                yield from _schema_objects(value, where if key in ("anyOf", "oneOf", "allOf") else f"{where}.{key}")
+
+
+def test_every_field_of_the_schema_says_what_it_is():
+    schema = json.loads(tollgate("schema").stdout)
+    objects = list(_schema_objects(schema))
+    fields = [(f"{where}.{name}", sub) for where, node in objects for name, sub in node.get("properties", {}).items()]
+    assert len(fields) > 100  # the walk reaches every object
+    missing = [name for name, sub in fields if not str(sub.get("description", "")).strip()]
+    assert not missing, f"{len(missing)} of {len(fields)} properties have no description: {', '.join(missing)}"
+    # each config object too (JsonValue, pydantic's own, is not one: it has no properties)
+    undescribed = [name for name, node in schema["$defs"].items()
+                   if "properties" in node and not node.get("description")]
+    assert not undescribed, f"objects without a description: {', '.join(undescribed)}"
+
+
 def test_the_shipped_config_validates_from_the_checkout_wherever_it_is_run(tmp_path):
     shipped = REPO / "deploy" / "gateway" / "config.yaml"
     for cwd in (REPO, tmp_path):  # `keysDir: ${TOLLGATE_KEYS_DIR:-keys}`: next to the file
