@@ -163,6 +163,18 @@ class RemoteTarget(Model):
     def enforcement_of(self, d: DescriptorConfig) -> Enforcement:
         return d.enforcement or self.enforcement
 
+    @model_validator(mode="after")
+    def _hard_is_bounded(self) -> "RemoteTarget":
+        # A hard budget reserves what the request can cost at most (its token bound, or that
+        # bound at the model's prices); a `cost` expression can weigh tokens any way it
+        # likes, so its worst case is unknown and "never exceeds" could not hold.
+        for i, d in enumerate(self.descriptors or ()):
+            if d.cost is not None and self.enforcement_of(d) == "hard":
+                raise ValueError(f"descriptors[{i}]: 'cost' cannot be combined with enforcement: hard (a hard "
+                                 "budget reserves the request's worst case, which a cost expression cannot bound; "
+                                 "use type: usd with config.modelCatalog prices)")
+        return self
+
 
 class CompleteTarget(RemoteTarget):
     """A rule's target in Kubernetes' spelling; `domain`, `descriptors`, and `host` or `backendRef` are required."""

@@ -364,3 +364,12 @@ def test_a_problem_names_the_variable_never_its_value(tmp_path, monkeypatch):
            "got the value of $TG_SECRET" in ps
     assert any("the value of $TG_SECRET" in p and "adminAddr" in p for p in ps)
     assert any("hostOverride" in p and "the value of $TG_SECRET" in p for p in ps)
+
+
+def test_a_cost_expression_under_a_hard_budget_is_refused(tmp_path):
+    """A hard budget reserves the worst case; `cost: llm.outputTokens * 2` has none it knows."""
+    (p,) = problems(tmp_path, "llm:\n  policies:\n    remoteRateLimit:\n      host: rl:1\n      domain: d\n"
+                    "      descriptors:\n      - entries: [{key: u, value: apiKey.user_id}]\n"
+                    "        type: tokens\n        enforcement: hard\n        cost: llm.outputTokens * 2\n" + MODELS)
+    assert p.startswith("3: llm.policies.remoteRateLimit: descriptors[0]: 'cost' cannot be combined with "
+                        "enforcement: hard")
