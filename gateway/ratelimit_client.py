@@ -210,7 +210,9 @@ class RateLimitClient:
         An admitted reservation is kept alive until settled."""
         body = {"domain": target.domain, "id": rid, "lease_ms": int(lease * 1000), "descriptors": descriptors}
         status, reply = await self._channel(target).call("reserve", body, target.timeout)
-        if status == 200:
+        # Only a reservation that holds something has a lease to keep (the service opens
+        # no record for one that holds nothing).
+        if status == 200 and any(d.get("hits_addend") or d.get("per_grant") for d in descriptors):
             self._leases[rid] = _Lease(target.service, target.token, lease, time.monotonic() + lease / 2)
             self._keep_alive()
         return status, reply

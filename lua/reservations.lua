@@ -134,16 +134,20 @@ local function reservations()
     return admitted and granted >= least
   end
 
-  -- What an admitted reservation holds on each bucket, under its id, for its lease.
+  -- What an admitted reservation holds on each bucket, under its id, for its lease;
+  -- whether it holds anything.
   local function hold(req, checks, buckets)
     local deadline = now_ms + req.lease_ms
+    local held = false
     for _, d in ipairs(checks) do
       if d.capacity > 0 and d.amount > 0 then
         local b = buckets.by_key[d.key]
         b.hold = b.hold or {id = req.id, amount = 0, deadline = deadline}
         b.hold.amount = b.hold.amount + d.amount
+        held = true
       end
     end
+    return held
   end
 
   local function decide_reserve(req, checks)
@@ -167,15 +171,19 @@ local function reservations()
       granted, least = -1, -1 -- nothing elastic: no grant to reach
     end
     local admitted = charge_in_turn(checks, buckets, granted, least)
+    local held = false
     if admitted then
-      hold(req, checks, buckets)
+      held = hold(req, checks, buckets)
     else
       for _, b in ipairs(buckets.list) do
         b.level = b.base
       end
     end
     commit(buckets)
-    if admitted then
+    -- A reservation that holds nothing (a soft budget's check) opens no record: its
+    -- settle finds none and charges the actual amounts, as for an expired one, with
+    -- the same tombstone after. Two fewer writes and a read for most requests.
+    if admitted and (held or granted ~= -1) then
       open_record(req, checks, granted)
     end
     local reply = {admitted and granted or 0, NONE, now_ms}

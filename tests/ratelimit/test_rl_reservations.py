@@ -93,6 +93,19 @@ def test_a_settle_sent_twice_changes_nothing_the_second_time(now):
     assert spent(now, u) == 30
 
 
+def test_a_check_only_reservation_opens_no_record_and_still_settles_once(now, store):
+    """A soft budget's reserve holds nothing: no record to write (a third of the script's
+    Redis time per request); its settle charges the actual amount and closes the id."""
+    u, rid = user(), reservation_id()
+    assert reserve(now, rid, {**u, "hits_addend": 0}).status_code == 200
+    assert store.exists(f"tollgate:res:{rid}") == 0
+    first = settle(now, rid, {**u, "hits_addend": 30})
+    again = settle(now, rid, {**u, "hits_addend": 30})  # its reply was lost: sent again
+    assert first.status_code == again.status_code == 200 and again.json()["duplicate"] is True
+    assert spent(now, u) == 30
+    assert reserve(now, rid, {**u, "hits_addend": 0}).status_code == 409  # the id is closed
+
+
 def test_a_retried_reserve_is_answered_again_and_charged_once(now):
     u, t, rid = user(), descriptor(("team", uuid.uuid4().hex)), reservation_id()
     body = [{**u, "hits_addend": 10, "per_grant": 1}, {**t, "hits_addend": 10, "per_grant": 1}]
