@@ -141,7 +141,7 @@ def test_every_standalone_field():
     assert (hard.limit_type, policy.enforcement_of(hard), soft.limit_type, policy.enforcement_of(soft)) == (
         "tokens", "hard", "requests", "soft")
     llm = Activation(None, llm={"inputTokens": 3, "outputTokens": 4})
-    assert hard.cost.evaluate(llm) == 11
+    assert hard.cost is None and soft.cost.evaluate(llm) == 11  # a cost expression is soft-only
 
 
 def test_key_hash_authenticates_like_the_key(tmp_path):
