@@ -11,8 +11,6 @@ mike's limit, and a new key added to the Secret, with no restart.
 
 from __future__ import annotations
 
-import itertools
-import os
 from pathlib import Path
 
 import httpx
@@ -22,33 +20,11 @@ import yaml
 from tests.harness.deploy_files import K8S_DEMO, container, k8s_object, load_yaml_docs, mount_path_of
 from tests.harness.deploy_stack import missing_scripts, localize, script_command
 from tests.harness.deploy_walkthrough import chat, run_walkthrough, wait_for_status
+from tests.harness.kubelet import project
 from tests.harness.procs import Proc, free_port, redis_server_binary
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")
-
-_generation = itertools.count(1)
-
-
-def project(volume: Path, files: dict[str, str]) -> None:
-    """Writes or updates a ConfigMap/Secret volume with the kubelet's atomic swap."""
-    volume.mkdir(parents=True, exist_ok=True)
-    data = volume / f"..2026_01_01_00_00_{next(_generation):02d}.000000001"
-    data.mkdir()
-    for name, content in files.items():
-        (data / name).write_text(content)
-    old = (volume / "..data").resolve() if (volume / "..data").exists() else None
-    tmp_link = volume / "..data_tmp"
-    tmp_link.symlink_to(data.name)
-    os.replace(tmp_link, volume / "..data")
-    for name in files:
-        if not (volume / name).is_symlink():
-            (volume / name).symlink_to(Path("..data") / name)
-    if old is not None:
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-
 
 def object_files(kind: str, name: str) -> dict[str, str]:
     doc = k8s_object(kind, name)

@@ -2,13 +2,13 @@
 10,000 (a mounted Secret's `..data` swap included) takes effect within a second."""
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import httpx
 
+from tests.harness.kubelet import key_files, project
 from tests.harness.procs import free_port, start_gateway, start_mock_llm
 
 
@@ -48,16 +48,8 @@ def test_every_keys_spend_series_is_kept_past_two_thousand(tmp_path):
 
 
 def publish(mount: Path, stamp: str, keys: dict[str, str]) -> None:
-    """A Secret volume's update: a new stamped directory, then an atomic `..data` swap."""
-    target = mount / f"..{stamp}"
-    target.mkdir()
-    for name, key in keys.items():
-        (target / name).write_text(json.dumps({"key": key, "metadata": {"user_id": name}}))
-        link = mount / name
-        if not link.is_symlink():
-            link.symlink_to(Path("..data") / name)
-    (mount / "..data_tmp").symlink_to(target.name)
-    os.replace(mount / "..data_tmp", mount / "..data")
+    """A Secret volume's update (`stamp` names the version): an atomic `..data` swap."""
+    project(mount, key_files(keys))
 
 
 def until(client: httpx.Client, url: str, key: str, status: int) -> float:

@@ -4,10 +4,10 @@ stays, and a mounted Secret's `..data` swap is seen, through the shared watcher.
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 
 from gateway.config import load
+from tests.harness.kubelet import key_files, project
 from tollgate_common.watch import Reloader
 
 CONFIG = """
@@ -22,20 +22,8 @@ LOG = logging.getLogger("tollgate.config")
 
 
 def secret_dir(root: Path, stamp: str, keys: dict[str, str]) -> None:
-    """(Re)publish keys the way kubelet updates a Secret volume: a new stamped
-    directory, then an atomic rename of the `..data` link."""
-    mount = root / "keys"
-    mount.mkdir(exist_ok=True)
-    target = mount / f"..{stamp}"
-    target.mkdir()
-    for name, key in keys.items():
-        (target / name).write_text(json.dumps({"key": key, "metadata": {"user_id": name}}))
-        link = mount / name
-        if not link.is_symlink():
-            link.symlink_to(Path("..data") / name)
-    tmp = mount / "..data_tmp"
-    tmp.symlink_to(target.name)
-    os.replace(tmp, mount / "..data")
+    """(Re)publish keys the way kubelet updates a Secret volume (`stamp` names the version)."""
+    project(root / "keys", key_files(keys))
 
 
 def user(config, key):

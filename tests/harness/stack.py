@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.harness.kubelet import project
 from tests.harness.procs import GatewayProc, Proc, free_port, python_cmd, start_gateway, start_mock_llm, start_redis
 
 UPSTREAM_KEY = "sk-ant-upstream-e2e-secret"
@@ -18,13 +19,7 @@ UPSTREAM_KEY = "sk-ant-upstream-e2e-secret"
 
 def write_keys_dir(root: Path, keys: dict[str, dict]) -> Path:
     """A keysDir laid out like a mounted Kubernetes Secret (`..data` symlink swap)."""
-    data = root / "..2026_11_22_00_00_00.000000001"
-    data.mkdir(parents=True)
-    for name, doc in keys.items():
-        (data / name).write_text(json.dumps(doc))
-    (root / "..data").symlink_to(data.name)
-    for name in keys:
-        (root / name).symlink_to(Path("..data") / name)
+    project(root, {name: json.dumps(doc) for name, doc in keys.items()})
     return root
 
 
