@@ -20,14 +20,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
 from gateway.http1 import HTTPError, Pool
-
-if TYPE_CHECKING:
-    from gateway.policies.remote_ratelimit import RemoteTarget
 
 log = logging.getLogger("tollgate.remote")
 
@@ -38,6 +35,15 @@ SETTLE_BACKOFF_MAX = 5.0  # seconds between retries of a settle the service did 
 KEEPALIVE_SECONDS = 1.0  # how often held reservations are checked for a lease to extend
 
 TOKEN_ENV, TOKEN_FILE_ENV = "TOLLGATE_RATELIMIT_TOKEN", "TOLLGATE_RATELIMIT_TOKEN_FILE"
+
+
+class Target(Protocol):
+    """Where and how to call: a `remoteRateLimit` target (gateway/policies/remote_ratelimit.py)."""
+
+    service: str  # host:port
+    domain: str
+    timeout: float  # seconds, per call
+    token: str | None  # None: $TOLLGATE_RATELIMIT_TOKEN / _FILE
 
 
 class RemoteUnavailable(Exception):
@@ -197,14 +203,14 @@ class RateLimitClient:
         self._keeper: asyncio.Task | None = None
         self._env_token = environment_token()
 
-    def _channel(self, target: "RemoteTarget") -> Channel:
+    def _channel(self, target: Target) -> Channel:
         token = target.token or self._env_token
         channel = self._channels.get(target.service)
         if channel is None:
             channel = self._channels[target.service] = Channel(target.service, token)
         return channel
 
-    async def reserve(self, target: "RemoteTarget", rid: str, lease: float,
+    async def reserve(self, target: Target, rid: str, lease: float,
                       descriptors: list[dict]) -> tuple[int, dict]:
         """(HTTP status, reply body): 200 admitted, 429 refused; raises RemoteUnavailable.
         An admitted reservation is kept alive until settled."""
@@ -217,11 +223,11 @@ class RateLimitClient:
             self._keep_alive()
         return status, reply
 
-    async def budget(self, target: "RemoteTarget", descriptors: list[dict]) -> tuple[int, dict]:
+    async def budget(self, target: Target, descriptors: list[dict]) -> tuple[int, dict]:
         return await self._channel(target).call("budget", {"domain": target.domain, "descriptors": descriptors},
                                                 target.timeout)
 
-    def settle(self, target: "RemoteTarget", rid: str, descriptors: list[dict]) -> None:
+    def settle(self, target: Target, rid: str, descriptors: list[dict]) -> None:
         """Queues the final charges of reservation `rid`; retried until the service takes them.
 
         Callbacks rather than a task per settle: this runs for every request.
