@@ -11,6 +11,7 @@ value is logged unless a `fields.add` expression asks for one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -22,6 +23,12 @@ from gateway.call import Call
 from gateway.cel import Activation, CelError
 
 log = logging.getLogger("tollgate.access")
+
+# Lines are written together at most this long after the first of them (or sooner, past
+# FLUSH_BYTES): a write per request was a syscall per request, ~10 % of the local path's
+# CPU at c1. envoy buffers its access log the same way (its flush interval is longer).
+FLUSH_SECONDS = 0.1
+FLUSH_BYTES = 64 * 1024
 
 
 def record(call: Call, seconds: float) -> dict[str, Any]:
@@ -51,6 +58,9 @@ class AccessLog:
     def __init__(self, out: IO[bytes] | None = None) -> None:
         # The binary side of stderr (a replaced stderr, as under a test runner, may have none).
         self.out = out if out is not None else getattr(sys.stderr, "buffer", None) or _Text(sys.stderr)
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._flush_at: asyncio.TimerHandle | None = None
 
     def write(self, call: Call, seconds: float) -> None:
         """Logs one request as the config's `config.logging` says; never raises."""
@@ -66,10 +76,34 @@ class AccessLog:
             if spec is not None:
                 for name in spec.fields.remove:
                     line.pop(name, None)
-            self.out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-            self.out.flush()
+            self._queue(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         except Exception:  # noqa: BLE001 - a log line must never fail a request
             log.exception("access log: could not write a record")
+
+    def _queue(self, data: bytes) -> None:
+        self._lines.append(data)
+        self._size += len(data)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._flush_at is None:
+            try:
+                self._flush_at = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no loop (a direct call): write at once
+                self.flush()
+
+    def flush(self) -> None:
+        """Writes every queued line, in one write; at shutdown too."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        if not self._lines:
+            return
+        data, self._lines, self._size = b"".join(self._lines), [], 0
+        try:
+            self.out.write(data)
+            self.out.flush()
+        except Exception:  # noqa: BLE001
+            log.exception("access log: could not write %d bytes", len(data))
 
 
 class _Text:

@@ -61,7 +61,8 @@ class Replica:
         await self.upstream.start()
 
     async def close(self) -> None:
-        """Flushes pending settles, then drops every kept-alive connection."""
+        """Flushes pending settles and access-log lines, then drops every kept-alive connection."""
         await self.ratelimit.close()
         await self.upstream.close()
+        self.access_log.flush()
         self.metrics.shutdown()

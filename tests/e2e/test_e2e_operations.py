@@ -105,6 +105,10 @@ def test_every_request_is_one_json_access_line_without_the_key(tmp_path, mock):
         assert "backend 'broken' (openAI) rejected the gateway's upstream credentials" in log
         for secret in (KEY, UPSTREAM_KEY, "sk-nope", "sk-wrong-upstream"):
             assert secret not in log
+        # Lines are written in batches; a stop right after a request still writes its line.
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=HELLO, headers=auth).status_code == 200
+        assert gw.stop() == 0
+        assert len([line for line in gw.proc.log().splitlines() if line.startswith("{")]) == 4
     finally:
         gw.stop()
 
