@@ -84,13 +84,17 @@ class Channel:
         self._in_flight = 0
 
     async def call(self, op: str, body: dict, timeout: float) -> tuple[int, dict]:
-        """(status, body) of one call, within `timeout` seconds whatever else is queued."""
+        """(status, body) of one call, within `timeout` seconds whatever else is queued.
+
+        The call's future is its own: at the deadline a timer fails it, and the answer that
+        comes later is dropped (`_send` skips a done future). A timer, not wait_for(shield()),
+        which built two more futures and a task per call on the hot path."""
         future = self.submit(op, body, timeout)
+        timer = asyncio.get_running_loop().call_later(timeout, _give_up, future, self.host, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            future.add_done_callback(_consume)  # answered after the caller left: nobody reads it
-            raise RemoteUnavailable(f"rate-limit service {self.host}: no answer within {timeout:g}s") from None
+            return await future
+        finally:
+            timer.cancel()
 
     def submit(self, op: str, body: dict, timeout: float) -> asyncio.Future:
         """Queues a call; its future gets (status, body) or RemoteUnavailable."""
@@ -178,6 +182,11 @@ class Channel:
             return status, body
         error = body.get("error") or "a reply without the fields of its call"
         return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to {op}: {error}")
+
+
+def _give_up(future: asyncio.Future, host: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RemoteUnavailable(f"rate-limit service {host}: no answer within {timeout:g}s"))
 
 
 def _consume(future: asyncio.Future) -> None:

@@ -11,6 +11,7 @@ network client is handed in (`RemoteClient`), so the policy runs against a fake 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -407,6 +408,9 @@ class RemoteLimiter:
                 return hold
             log.warning("refusing (failClosed): %s", e)
             hold.release()  # the service may still decide it: the id hands it back (or refuses it late)
+            raise
+        except asyncio.CancelledError:  # the request was cancelled while the service decided
+            RemoteHold(self.client, target, rid, descriptors, [], activation, None).release()
             raise
         statuses = [parse_status(s) for s in body.get("statuses", [])]
         if status != 200:

@@ -1,5 +1,7 @@
 """Admission: one owner settles or releases each request's budgets exactly once, whatever happens."""
 
+import asyncio
+
 import pytest
 
 from gateway.accounting import Accounting
@@ -165,3 +167,22 @@ def _bound(call) -> int:
 def setup_with(tmp_path, budgets, config, body):
     metrics = GatewayMetrics()
     return Accounting(metrics, budgets), metrics, call_for(tmp_path, config, body, key="sk-mike")
+
+
+async def test_a_request_cancelled_while_the_service_decides_releases_its_id(tmp_path):
+    """The client hung up during admission: the reserve may still land, so its id is released."""
+    class Stalled(Budgets):
+        async def reserve(self, target, rid, lease, descriptors):
+            self.reserves.append({"id": rid})
+            await asyncio.sleep(3600)
+
+    budgets = Stalled(**{"user_id=mike": 5000})
+    accounting, _, call = setup(tmp_path, budgets, "hard")
+    admitting = asyncio.ensure_future(accounting.admit(call))
+    while not budgets.reserves:
+        await asyncio.sleep(0)
+    admitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await admitting
+    assert [s["id"] for s in budgets.settles] == [budgets.reserves[0]["id"]]
+    assert all(d["hits_addend"] == 0 for d in budgets.settles[0]["descriptors"])  # a release: zeros
