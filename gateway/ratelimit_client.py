@@ -82,6 +82,8 @@ class Channel:
         self._headers = b"Content-Type: application/json\r\nAccept: application/json\r\n" + auth
         self._queue: list[_Call] = []
         self._in_flight = 0
+        self._sending: set[asyncio.Task] = set()  # calls on the wire, cancelled by close()
+        self._closed = False
 
     async def call(self, op: str, body: dict, timeout: float) -> tuple[int, dict]:
         """(status, body) of one call, within `timeout` seconds whatever else is queued.
@@ -113,26 +115,24 @@ class Channel:
 
     def _flush(self) -> None:
         now = asyncio.get_running_loop().time()
-        live = []
-        for c in self._queue:
-            # A reserve whose caller gave up before it left is not sent: it would only
-            # have to be released again.
-            if c.op == "reserve" and c.deadline <= now:
-                if not c.future.done():
-                    c.future.set_exception(RemoteUnavailable("gave up before it was sent"))
-                    c.future.add_done_callback(_consume)
-            else:
-                live.append(c)
+        # A reserve whose caller gave up before it left is not sent: it would only
+        # have to be released again.
+        late = [c for c in self._queue if c.op == "reserve" and c.deadline <= now]
+        live = [c for c in self._queue if not (c.op == "reserve" and c.deadline <= now)] if late else self._queue
+        _fail(late, RemoteUnavailable("gave up before it was sent"))
         calls, self._queue = live[:MAX_BATCH], live[MAX_BATCH:]
-        if not calls:
+        if not calls or self._closed:
+            _fail(calls, RemoteUnavailable(f"rate-limit client for {self.host} closed"))
             return
         self._in_flight += 1
-        asyncio.get_running_loop().create_task(self._send(calls))
+        task = asyncio.get_running_loop().create_task(self._send(calls))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
             results = await self._post(calls)
-        except Exception as e:  # noqa: BLE001 - whatever happens, every caller gets an answer
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - every caller gets an answer
             error = e if isinstance(e, RemoteUnavailable) else RemoteUnavailable(f"{self.host}: {e!r}")
             results = [error] * len(calls)
         finally:
@@ -140,7 +140,8 @@ class Channel:
             while self._queue and self._in_flight < MAX_IN_FLIGHT:
                 self._flush()
         for call, result in zip(calls, results):
-            if call.future.done():
+            # A caller whose loop is gone (a client closed late, at shutdown) has no one to tell.
+            if call.future.done() or call.future.get_loop().is_closed():
                 continue
             if isinstance(result, Exception):
                 call.future.set_exception(result)
@@ -171,6 +172,13 @@ class Channel:
             raise RemoteUnavailable(f"rate-limit service {self.host}: {e or type(e).__name__}") from e
 
     def close(self) -> None:
+        """Fails what is queued and cancels what is on the wire: no task outlives the client
+        (one left pending warned 'Event loop is closed' when its loop ended first)."""
+        self._closed = True
+        queued, self._queue = self._queue, []
+        _fail(queued, RemoteUnavailable(f"rate-limit client for {self.host} closed"))
+        for task in self._sending:
+            task.cancel()
         self._pool.close()
 
     def _result(self, op: str, status: int, body):
@@ -187,6 +195,13 @@ class Channel:
 def _give_up(future: asyncio.Future, host: str, timeout: float) -> None:
     if not future.done():
         future.set_exception(RemoteUnavailable(f"rate-limit service {host}: no answer within {timeout:g}s"))
+
+
+def _fail(calls: list[_Call], error: RemoteUnavailable) -> None:
+    for c in calls:
+        if not c.future.done():
+            c.future.set_exception(error)
+            c.future.add_done_callback(_consume)
 
 
 def _consume(future: asyncio.Future) -> None:

@@ -151,9 +151,38 @@ async def test_the_token_is_sent_from_the_config_or_the_environment(monkeypatch,
             assert "401" in str(e)
         else:
             raise AssertionError("a call without the token must be refused")
-        status, _ = await RateLimitClient().reserve(target(port, token="s3cret"), "t1", 60.0, descriptor("t", 1))
+        await refused.close()
+        clients = [RateLimitClient()]
+        status, _ = await clients[0].reserve(target(port, token="s3cret"), "t1", 60.0, descriptor("t", 1))
         assert status == 200
         (tmp_path / "token").write_text("s3cret\n")
         monkeypatch.setenv(ratelimit_client.TOKEN_FILE_ENV, str(tmp_path / "token"))
-        status, _ = await RateLimitClient().reserve(target(port), "t2", 60.0, descriptor("t", 1))
+        clients.append(RateLimitClient())
+        status, _ = await clients[1].reserve(target(port), "t2", 60.0, descriptor("t", 1))
         assert status == 200
+        for client in clients:
+            await client.close()
+
+
+async def test_closing_answers_the_calls_on_the_wire_and_leaves_no_task():
+    """A service that accepts and never answers: close() must not leave the caller waiting
+    out its timeout, nor a send task behind (one left pending outlived its event loop)."""
+    stalled = await asyncio.start_server(lambda r, w: asyncio.sleep(3600), "127.0.0.1", 0)
+    port = stalled.sockets[0].getsockname()[1]
+    client = RateLimitClient()
+    call = asyncio.create_task(client.reserve(target(port, timeout=30.0), "c1", 60.0, descriptor("c", 1)))
+    await asyncio.sleep(0.2)
+    channel = client._channels[f"127.0.0.1:{port}"]
+    assert channel._sending, "the call is on the wire"
+    started = asyncio.get_running_loop().time()
+    await client.close()
+    try:
+        await asyncio.wait_for(call, 2.0)
+    except RemoteUnavailable as e:
+        assert "closed" in str(e) or "CancelledError" in str(e)
+    else:
+        raise AssertionError("a call cut off by close() must fail")
+    assert asyncio.get_running_loop().time() - started < 2.0
+    await asyncio.sleep(0)
+    assert not channel._sending
+    stalled.close()
