@@ -7,8 +7,10 @@ and deploy/ratelimit, shipped inside the package) are copied to a fresh director
 editing the copy changes the live limits, and the repository's own files stay as they are.
 
 The demo owns its children: Ctrl-C, SIGTERM or SIGHUP stops them all, and so does the
-demo's own death (the kernel signals them: PR_SET_PDEATHSIG). If one child exits, the
-demo says which, stops the others and exits 1.
+demo's own death (the kernel signals them: PR_SET_PDEATHSIG). Each child runs in its own
+process group, so a terminal's Ctrl-C reaches the demo alone, which stops the children
+in order: the gateway first, while the service it settles with is still up. If one
+child exits, the demo says which, stops the others and exits 1.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from pathlib import Path
 
 PORTS = {"mock-llm": 8000, "ratelimit": 8080, "gateway": 4000, "gateway admin": 15000}
 DEPLOY_FILES = ("gateway", "ratelimit")  # the folders of deploy/ the demo runs from
+# In a container the admin port must face the network (Prometheus scrapes it); on a
+# laptop it stays on loopback, as /metrics names every key's spend.
+COMPOSE_ADMIN, DEMO_ADMIN = "adminAddr: 0.0.0.0:15000", "adminAddr: 127.0.0.1:15000"
 
 WALKTHROUGH = """
-Tollgate is up: LLM traffic on http://localhost:4000, metrics on http://localhost:15000/metrics
+Tollgate is up: LLM traffic on http://localhost:4000, metrics on http://127.0.0.1:15000/metrics
 
   # alice: the default budgets (1,000,000 tokens a day, $50 a month, her team's $500)
   curl -si localhost:4000/v1/chat/completions -H 'Authorization: Bearer sk-alice-abc123def456' \\
@@ -61,6 +66,8 @@ def copy_deploy(workdir: Path) -> Path:
     source = deploy_source()
     for name in DEPLOY_FILES:
         shutil.copytree(source / name, workdir / name)
+    config = workdir / "gateway" / "config.yaml"
+    config.write_text(config.read_text().replace(COMPOSE_ADMIN, DEMO_ADMIN))
     return workdir
 
 
@@ -90,7 +97,8 @@ class Child:
 
     def __init__(self, name: str, args: list[str], env: dict, cwd: Path) -> None:
         self.name = name
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, preexec_fn=_die_with_parent)
+        # process_group=0: out of the terminal's foreground group (see the module's docstring).
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, preexec_fn=_die_with_parent, process_group=0)
 
     def exited(self) -> str | None:
         """How the child ended, in words, or None while it runs."""

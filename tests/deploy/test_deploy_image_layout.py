@@ -17,6 +17,7 @@ import pytest
 from tests.harness.deploy_files import DEPLOY, REPO, dockerfile_copies
 from tests.harness.deploy_stack import missing_scripts
 from tests.harness.procs import Proc, free_port
+from tollgate_demo.demo import COMPOSE_ADMIN, DEMO_ADMIN
 
 pytestmark = pytest.mark.skipif(
     bool(missing_scripts()), reason=f"console scripts not implemented yet: {', '.join(missing_scripts())}")
@@ -143,4 +144,7 @@ def test_installed_demo_runs_from_the_files_its_package_carries(image, tmp_path)
                             timeout=60, cwd=root, env={"PYTHONPATH": str(site)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(site / "tollgate_demo" / "deploy")
-    assert (tmp_path / "demo" / "gateway" / "config.yaml").read_text() == (DEPLOY / "gateway" / "config.yaml").read_text()
+    # The copy is the packaged file, with one change: the admin listener on loopback.
+    shipped = (DEPLOY / "gateway" / "config.yaml").read_text()
+    assert shipped.count(COMPOSE_ADMIN) == 1
+    assert (tmp_path / "demo" / "gateway" / "config.yaml").read_text() == shipped.replace(COMPOSE_ADMIN, DEMO_ADMIN)

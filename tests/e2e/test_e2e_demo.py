@@ -79,6 +79,8 @@ def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
     assert "TOLLGATE_RATELIMIT_TOKEN" not in demo.log()  # the demo made one: no warning about it
     metrics = httpx.get("http://127.0.0.1:15000/metrics").text
     assert 'user_id="mike"' in metrics
+    # /metrics names every key's spend: on a laptop it stays on loopback.
+    assert "admin on 127.0.0.1:15000" in demo.log(), demo.log()
 
     children = children_of(demo.popen.pid)
     assert len(children) == 3, children
@@ -94,6 +96,23 @@ def test_a_child_that_dies_is_named_and_the_others_stopped(demo):
     assert demo.popen.wait(30) == 1
     assert "tollgate demo: ratelimit killed by SIGKILL; stopping the others" in demo.log()
     assert gone(children)
+
+
+def test_ctrl_c_in_the_terminal_stops_the_demo_quietly(demo):
+    """A terminal's Ctrl-C signals its whole foreground group. The children are out of it,
+    so only the demo hears it and stops them in order, the gateway first (its settles
+    land on a service still up): no child is reported as having died, nothing is lost."""
+    children = children_of(demo.popen.pid)
+    groups = {os.getpgid(pid) for pid in children}
+    assert os.getpgid(demo.popen.pid) not in groups, "the children share the terminal's group"
+    httpx.post("http://127.0.0.1:4000/v1/chat/completions", json=BODY,
+               headers={"Authorization": "Bearer sk-alice-abc123def456"}, timeout=10)
+    os.killpg(demo.popen.pid, signal.SIGINT)
+    assert demo.popen.wait(30) == 0
+    assert gone(children), children_of(1)
+    log = demo.log()
+    for noise in ("stopping the others", "Traceback", "could not be delivered", "KeyboardInterrupt"):
+        assert noise not in log, log[-3000:]
 
 
 def test_the_demo_killed_outright_takes_its_children_along(demo):
