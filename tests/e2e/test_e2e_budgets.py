@@ -7,7 +7,8 @@ service, three gateway replicas and the mock upstream.
 - every key gets the default budgets, a team's is shared by its keys, and GET
   /v1/budget shows a key its own budgets and charges nothing;
 - a calendar day starts again at local midnight in a non-UTC timezone (the service's
-  clock moved just before it, through TOLLGATE_CLOCK_OFFSET).
+  clock moved just before it, through TOLLGATE_CLOCK_OFFSET), and the 429 says so;
+- `llm.cost` prices a `cost` expression and a metric field.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ def test_a_calendar_day_starts_again_at_local_midnight_in_its_timezone(tmp_path)
         message = refused.json()["error"]["message"]
         assert f"daily token budget for user_id=mike exhausted; resets {utc_midnight:%Y-%m-%dT%H:%M:%SZ}" in message
         assert 0 < int(refused.headers["retry-after"]) <= lead + 1
+        assert 0 < int(refused.headers["x-ratelimit-reset"]) <= lead + 1  # the next start, not a refill
 
         started = time.monotonic()
         while (r := chat(gw.url, "sk-mike")).status_code == 429:
@@ -254,5 +256,35 @@ def test_a_calendar_day_starts_again_at_local_midnight_in_its_timezone(tmp_path)
         mike = {b["descriptor"]: b for b in budgets(gw.url, "sk-mike").json()["budgets"]}["user_id=mike"]
         assert mike["resetsAt"] == f"{utc_midnight + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"
         assert mike["spent"] == r.json()["usage"]["total_tokens"]  # only today's request
+    finally:
+        stack.stop()
+
+
+def test_llm_cost_prices_cost_expressions_and_metric_fields(tmp_path):
+    """`llm.cost` is the call's cost in USD at the catalog's prices: a `cost` expression
+    built on it charges exactly that arithmetic, and a metric field sees it too."""
+    stack = Stack(tmp_path)
+    try:
+        stack.start_redis()
+        stack.start_ratelimit(yaml.safe_dump({"domain": "budgets", "descriptors": [
+            {"key": key, "rate_limit": {"unit": "month", "usd": 50}} for key in ("user_usd", "doubled")]}))
+        mock = stack.start_mock("--completion-tokens", "40")
+        config = gateway_config(stack, mock)
+        config["config"]["metrics"]["fields"]["add"]["priced"] = "has(llm.cost) && llm.cost > 0.0 ? 'yes' : 'no'"
+        config["llm"]["policies"]["remoteRateLimit"]["descriptors"] = [
+            {"entries": [{"key": "user_usd", "value": "apiKey.user_id"}], "type": "usd"},
+            {"entries": [{"key": "doubled", "value": "apiKey.user_id"}], "type": "usd", "cost": "llm.cost * 2.0"},
+        ]
+        gw = stack.start_gateway(config)
+        r = chat(gw.url, "sk-solo")
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        cost = usage["prompt_tokens"] * PRICE_IN + usage["completion_tokens"] * PRICE_OUT
+        seen = {b["descriptor"]: micros(b["spent"]) for b in budgets(gw.url, "sk-solo").json()["budgets"]}
+        assert seen == {"user_usd=solo": cost, "doubled=solo": 2 * cost}
+        metrics = httpx.get(f"{gw.admin}/metrics", timeout=5).text
+        assert any(line.startswith("tollgate_gen_ai_client_cost_usd_total{") and 'priced="yes"' in line
+                   and 'user_id="solo"' in line for line in metrics.splitlines()), metrics
+        assert round(cost_metric_micros(gw.admin, "solo")) == cost
     finally:
         stack.stop()

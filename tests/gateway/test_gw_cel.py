@@ -69,3 +69,18 @@ def test_one_activation_serves_many_expressions():
     act = Activation(Metadata({"user_id": "mike", "team": "infra"}), "GET", "/v1/models", {})
     exprs = [compile_expr(s) for s in ("apiKey.user_id", "apiKey.team", "request.path", "apiKey.user_id == 'mike'")]
     assert [e.evaluate(act) for e in exprs] == ["mike", "infra", "/v1/models", True]
+
+
+@pytest.mark.parametrize("src, with_team, without", [
+    ("has(apiKey.team) ? apiKey.team : 'none'", "research", "none"),
+    ("!has(apiKey.team)", False, True),
+    ("has(apiKey.team) && apiKey.team == 'research'", True, False),
+    ("has(llm.cost) && llm.cost > 0.0 ? 'priced' : 'unpriced'", "priced", "unpriced"),
+])
+def test_has_works_inside_other_operators(src, with_team, without):
+    """celpy's transpiled has() gives a Python bool its own `? :` and `!` refuse."""
+    team = Activation(api_key={"team": "research"}, llm={"cost": 0.25})
+    solo = Activation(api_key={"user_id": "solo"}, llm={"inputTokens": 3})
+    expr = compile_expr(src)
+    assert expr.evaluate(team) == with_team
+    assert expr.evaluate(solo) == without
