@@ -333,7 +333,7 @@ class Settings(Model):
     budgets."""
     max_body_size: ByteSize = 10 * MIB
     """Request body limit: bytes, 10Mi / 10MiB (1024-based) or 10MB (1000-based); default 10Mi. 413 beyond."""
-    # Request heads (SPEC §9): 431 beyond these, 408 when not received in time.
+    # Request heads: 431 beyond these, 408 when not received in time.
     max_header_size: ByteSize = 64 * 1024
     """Limit on a request's head (request line and headers): bytes, 64Ki or 64KB; default 64Ki. 431 beyond."""
     max_header_count: int = Field(default=100, ge=1, le=10_000)  # hyper's and agentgateway's default
