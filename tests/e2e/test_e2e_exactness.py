@@ -187,3 +187,33 @@ def test_a_cel_typo_is_refused_by_validate_and_on_reload(tmp_path):
         assert chat(gw.url).status_code == 429  # the budget still applies
     finally:
         stack.stop()
+
+
+def test_a_reload_reading_an_api_key_field_no_key_carries_logs_it_and_runs_no_request_unbudgeted(tmp_path):
+    stack = Stack(tmp_path)
+    try:
+        stack.start_redis()
+        stack.start_ratelimit(domain_yaml(BUDGET))
+        mock = stack.start_mock("--completion-tokens", "20")
+        gw = stack.start_gateway(gateway_config(stack, "soft"))
+        assert chat(gw.url).status_code == 200
+        served = stack.mock_billed(mock)["requests"]
+        text = gw.config_path.read_text()
+        typo = text.replace("value: apiKey.user_id", "value: apiKey.userid")
+        assert typo != text
+        line = typo.splitlines().index(next(x for x in typo.splitlines() if "apiKey.userid" in x)) + 1
+        gw.config_path.write_text(typo)
+        deadline = time.monotonic() + 5
+        while "apiKey.userid" not in gw.proc.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (f"{gw.config_path}:{line}: apiKey.userid is read here but no configured key carries it "
+                "(keys carry: user_id)") in gw.proc.log()
+        assert "config reloaded" in gw.proc.log()  # a warning: the reload itself is taken
+        # A tokens budget is required: a value that cannot be worked out refuses the
+        # request instead of serving it with no budget at all.
+        refused = chat(gw.url)
+        assert refused.status_code == 403, refused.text
+        assert "apiKey.userid" in refused.json()["error"]["message"]
+        assert stack.mock_billed(mock)["requests"] == served
+    finally:
+        stack.stop()
