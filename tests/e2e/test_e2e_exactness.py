@@ -117,6 +117,51 @@ def test_a_request_that_fails_after_admission_keeps_nothing_reserved(tmp_path):
         stack.stop()
 
 
+def test_a_prompt_a_hard_budget_cannot_bound_is_refused_with_why_and_holds_nothing(stack):
+    mock = stack.start_mock("--completion-tokens", "20")
+    config = hard_gateway(stack, mock)
+    config["llm"]["models"][:0] = [
+        {"name": "claude-*", "provider": "anthropic", "params": {"apiKey": "sk-up", "baseUrl": mock}}]
+    gw = stack.start_gateway(config)
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
+    r = chat(gw.url, max_tokens=50,
+             messages=[{"role": "user", "content": [{"type": "text", "text": "Transcribe."}, audio]}])
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "'input_audio' cannot be bounded in tokens" in message and "a hard budget applies" in message
+    # The same refusal in the Anthropic dialect, for a PDF document.
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+    r = httpx.post(f"{gw.url}/v1/messages", timeout=10, headers={"Authorization": "Bearer sk-load-user"},
+                   json={"model": "claude-sonnet-4-5", "max_tokens": 50,
+                         "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Sum up."}]}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error" and "'document' cannot be bounded" in r.json()["error"]["message"]
+    assert stack.mock_billed(mock)["requests"] == 0 and spent(stack) == 0
+    served = chat(gw.url, max_tokens=50)
+    assert served.status_code == 200, served.text
+    assert spent(stack) == served.json()["usage"]["total_tokens"]
+
+
+def test_functions_response_format_and_n_are_in_the_hard_bound_and_refused_up_front(stack):
+    mock = stack.start_mock("--completion-tokens", "20")
+    gw = stack.start_gateway(hard_gateway(stack, mock))
+    big = "Look the answer up in the catalogue. " * 150  # 5,550 bytes: more than the budget can cost
+    functions = [{"name": "lookup", "description": big, "parameters": {"type": "object", "properties": {}}}]
+    schema = {"type": "json_schema",
+              "json_schema": {"name": "answer", "schema": {"type": "object", "description": big}}}
+    for extra in ({"functions": functions}, {"response_format": schema}, {"n": 60}):  # n: 60 x 100 > 5,000
+        r = chat(gw.url, max_tokens=100, **extra)
+        assert r.status_code == 429, (list(extra), r.text)
+    assert stack.mock_billed(mock)["requests"] == 0 and spent(stack) == 0  # refused before any call
+    # Without what tips the bound over, the same requests are served.
+    small = [{**functions[0], "description": "Look it up."}]
+    for extra in ({"functions": small}, {"n": 40}):
+        r = chat(gw.url, max_tokens=100, **extra)
+        assert r.status_code == 200, (list(extra), r.text)
+    billed = stack.mock_billed(mock)
+    assert spent(stack) == billed["prompt_tokens"] + billed["completion_tokens"]
+
+
 def test_n_answers_are_all_in_the_hard_bound(stack):
     mock = stack.start_mock("--completion-tokens", "100")
     gws = [stack.start_gateway(hard_gateway(stack, mock)) for _ in range(2)]
