@@ -203,6 +203,35 @@ def test_a_dropped_stream_ends_with_an_error_event_and_is_charged_what_it_relaye
     assert charged <= billed["prompt_tokens"] + 15 + 30  # never the whole reservation
 
 
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+def test_a_dropped_anthropic_stream_ends_with_an_error_event_and_is_charged_input_and_relayed_output(stack, client):
+    mock = stack.start_mock("--completion-tokens", "30", "--chunks", "6", "--drop-after", "3")
+    config = hard_gateway(stack, mock)
+    config["llm"]["models"] = [{"name": "claude-*", "provider": "anthropic",
+                                "params": {"apiKey": "sk-up", "baseUrl": mock}}]
+    gw = stack.start_gateway(config)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "Count to five."}]}
+    path = "/v1/messages" if client == "anthropic" else "/v1/chat/completions"
+    with httpx.stream("POST", f"{gw.url}{path}", json=body, timeout=10,
+                      headers={"Authorization": "Bearer sk-load-user", "anthropic-version": "2023-06-01"}) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    if client == "anthropic":
+        kinds = [e["type"] for e in events]
+        assert kinds[-1] == "error" and events[-1]["error"]["type"] == "api_error", kinds
+        assert "message_stop" not in kinds and "message_delta" not in kinds  # not a clean end
+        relayed = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    else:
+        assert events[-1]["error"]["type"] == "api_error"
+        relayed = "".join(c["delta"].get("content") or "" for e in events[:-1] for c in e["choices"])
+    billed = stack.mock_billed(mock)
+    assert billed["completion_tokens"] == len(relayed.split()) == 15  # 3 of 6 pieces reached the client
+    # Charged: the input the provider reported at message_start, plus the output relayed,
+    # counted from its text (Claude's tokenizer is not local: one token per 3 bytes, rounded up).
+    assert spent(stack) == billed["prompt_tokens"] + (len(relayed.encode()) + 2) // 3
+
+
 def test_a_cel_typo_is_refused_by_validate_and_on_reload(tmp_path):
     stack = Stack(tmp_path)
     try:
