@@ -1,7 +1,10 @@
 """Exact under failure: a killed replica's reservations come back, a stalled service fails
-closed within its timeout and keeps nothing, a request that fails after admission keeps
-nothing, `n` is in the hard bound, a dropped stream ends with an error event and is
-charged what it relayed, and a CEL typo never turns a budget off."""
+closed within its timeout and keeps nothing, a request that fails after admission
+(unreachable, untranslatable, timed out) keeps nothing, a hard budget refuses a prompt it
+cannot bound with a 400 and counts `n`, `functions` and `response_format` in its bound, a
+dropped stream (OpenAI or Anthropic) ends with an error event and is charged what it
+relayed, a CEL typo never turns a budget off, and a reload reading an `apiKey` field no
+key carries is logged and runs nothing unbudgeted."""
 
 import contextlib
 import json
@@ -14,7 +17,7 @@ import httpx
 import pytest
 
 from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
-from tests.harness.procs import python_cmd
+from tests.harness.procs import free_port, python_cmd
 from tests.harness.stack import Stack
 
 BUDGET = 5000
@@ -100,21 +103,48 @@ def test_a_stalled_service_fails_closed_within_its_timeout_and_keeps_nothing(sta
     assert chat(gw.url).status_code == 200
 
 
-def test_a_request_that_fails_after_admission_keeps_nothing_reserved(tmp_path):
-    stack = Stack(tmp_path)
-    try:
-        stack.start_redis()
-        stack.start_ratelimit(domain_yaml(BUDGET))
-        mock = stack.start_mock("--completion-tokens", "20")
-        config = hard_gateway(stack, mock)
-        config["llm"]["models"][0]["provider"] = "anthropic"
-        gw = stack.start_gateway(config)
-        for _ in range(3):  # an OpenAI request the Anthropic translation cannot carry
-            assert chat(gw.url, stop=5).status_code in (400, 500)
-        assert spent(stack) == 0
-        assert chat(gw.url, max_tokens=50).status_code == 200
-    finally:
-        stack.stop()
+# Requests that pass parsing and are admitted (a hard budget without max_tokens holds the
+# whole remaining budget), then fail on their way upstream: (model, extra body, status, why).
+AFTER_ADMISSION = {
+    # Nothing listens at the backend's address: the call is never sent.
+    "unreachable": ("broken-gpt", {}, 502, "is unreachable"),
+    # Valid OpenAI, but the Anthropic translation refuses n > 1 after admission.
+    "untranslatable": ("claude-sonnet-4-5", {"n": 2}, 400, "'n' > 1 is not supported"),
+    # The provider never answers within the route's 1 s timeout.
+    "timed out": ("slow-gpt", {}, 504, "did not answer within 1s"),
+}
+
+
+@pytest.mark.parametrize("case", AFTER_ADMISSION)
+def test_a_request_that_fails_after_admission_keeps_nothing_reserved(stack, case):
+    mock = stack.start_mock("--completion-tokens", "20")
+    slow = stack.start_mock("--delay-ms", "60000")
+    config = hard_gateway(stack, mock, timeout="1s")
+    config["llm"]["models"][:0] = [
+        {"name": "broken-*", "provider": "openAI",
+         "params": {"apiKey": "sk-up", "baseUrl": f"http://127.0.0.1:{free_port()}"}},
+        {"name": "claude-*", "provider": "anthropic", "params": {"apiKey": "sk-up", "baseUrl": mock}},
+        {"name": "slow-*", "provider": "openAI", "params": {"apiKey": "sk-up", "baseUrl": slow}},
+    ]
+    gw = stack.start_gateway(config)
+    model, extra, status, why = AFTER_ADMISSION[case]
+    for _ in range(3):
+        answer: list[httpx.Response] = []
+        sent = threading.Thread(target=lambda: answer.append(chat(gw.url, model=model, **extra)))
+        sent.start()
+        if case == "timed out":  # in flight: it holds the whole budget, so it was admitted
+            deadline = time.monotonic() + 0.8
+            while spent(stack) < BUDGET and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert spent(stack) == BUDGET
+        sent.join()
+        assert answer[0].status_code == status, answer[0].text
+        assert why in answer[0].json()["error"]["message"]
+        assert spent(stack) == 0  # released on the way out, not held until the lease ends
+    assert stack.mock_billed(mock)["requests"] == 0
+    served = chat(gw.url, max_tokens=50)
+    assert served.status_code == 200, served.text
+    assert spent(stack) == served.json()["usage"]["total_tokens"]
 
 
 def test_a_prompt_a_hard_budget_cannot_bound_is_refused_with_why_and_holds_nothing(stack):
