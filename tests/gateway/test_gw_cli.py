@@ -201,3 +201,42 @@ def test_a_used_port_is_one_clear_line_and_each_warning_shows_once(tmp_path):
     assert "Traceback" not in result.stderr and "Task exception" not in result.stderr
     assert result.stderr.count("TOLLGATE_TEST_UNSET is not set") == 1
     assert "Started server process" not in result.stderr
+
+
+def test_an_api_key_field_no_key_carries_is_a_warning_naming_it_and_its_line(tmp_path):
+    # `apiKey.userid` for `user_id`: valid CEL that fails on every request, so validate
+    # passes the file but names the field, where it is read, and the fields keys do carry.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "llm:\n"
+        "  policies:\n"
+        "    apiKey:\n"
+        "      keys:\n"
+        "      - {key: sk-alice, metadata: {user_id: alice, team: red}}\n"
+        "    remoteRateLimit:\n"
+        "      host: 127.0.0.1:8081\n"
+        "      domain: budgets\n"
+        "      descriptors:\n"
+        "      - type: tokens\n"
+        "        entries:\n"
+        "        - key: user_id\n"
+        "          value: apiKey.userid\n"
+        "      - type: requests\n"
+        "        entries:\n"
+        "        - key: team\n"
+        "          value: apiKey.team\n"
+        "  models: [{name: '*', provider: openAI, params: {apiKey: k}}]\n")
+    result = tollgate("validate", "-f", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: ok")
+    assert result.stderr.splitlines() == [
+        f"warning: {config}:13: apiKey.userid is read here but no configured key carries it "
+        "(keys carry: team, user_id)"]  # apiKey.team (line 17) is carried: no warning
+
+    # A key in the keysDir that carries the field is enough: the warning goes.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "bob").write_text('{"key": "sk-bob", "metadata": {"userid": "bob"}}')
+    config.write_text(config.read_text().replace("      keys:\n", f"      keysDir: {keys}\n      keys:\n"))
+    result = tollgate("validate", "-f", str(config))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
