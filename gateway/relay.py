@@ -65,6 +65,8 @@ class Relay:
             yield self.adapter.finish()
         except (HTTPError, TimeoutError) as e:
             log.warning("upstream stream broke: %s", type(e).__name__)
+            # The client already has its 200; the access log and metrics say what happened.
+            self.call.reason = "upstream_broken"
             yield self.adapter.broken()
         finally:
             self.response.close()

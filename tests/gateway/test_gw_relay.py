@@ -49,6 +49,7 @@ async def test_a_broken_stream_ends_with_the_usage_reported_so_far(tmp_path):
     await relayed(relay)
     assert not relay.usage_known and relay.usage.input_tokens == 9
     assert upstream.closed
+    assert call.reason == "upstream_broken"  # for the access log: the client's 200 was cut short
 
 
 async def test_a_provider_401_is_a_502_without_its_body(tmp_path):
