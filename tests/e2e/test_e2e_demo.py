@@ -66,14 +66,17 @@ def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
         return httpx.post("http://127.0.0.1:4000/v1/chat/completions", json=BODY,
                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
-    assert chat("sk-alice-abc123def456").status_code == 200
+    alice = chat("sk-alice-abc123def456")
+    assert alice.status_code == 200
     assert chat("sk-mike-key").status_code == 200
     refused = chat("sk-mike-key")
     assert refused.status_code == 429
     assert "daily token budget for user_id=mike exhausted; resets" in refused.json()["error"]["message"]
     budget = httpx.get("http://127.0.0.1:4000/v1/budget", headers={"Authorization": "Bearer sk-mike-key"})
     models = httpx.get("http://127.0.0.1:4000/v1/models", headers={"Authorization": "Bearer sk-mike-key"})
-    for answer in (refused, budget, models):  # the gateway's own bodies end a line, as OpenAI's do
+    # Every body ends a line, as OpenAI's do, so curl's prompt starts on its own: the
+    # gateway's own, and the mock upstream's answer relayed as it came.
+    for answer in (alice, refused, budget, models):
         assert answer.text.endswith("}\n"), answer.text[-20:]
     assert "memory://" in demo.log()  # the embedded store, no Redis needed
     assert "TOLLGATE_RATELIMIT_TOKEN" not in demo.log()  # the demo made one: no warning about it
