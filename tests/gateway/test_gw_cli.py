@@ -59,6 +59,26 @@ def test_no_config_given():
     assert result.returncode == 2 and "pass -f CONFIG or set TOLLGATE_CONFIG" in result.stderr
 
 
+def test_a_missing_provider_is_one_line_without_unrelated_unset_variables(tmp_path):
+    """The entry's `$OPENAI_API_KEY` is unset, but the problem is the missing provider alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+    configs = {
+        "llm.yaml": ("llm:\n  models:\n  - name: '*'\n"
+                     "    params: {apiKey: \"$OPENAI_API_KEY\", baseUrl: \"$OPENAI_BASE_URL\"}\n",
+                     "3: llm.models[0]"),
+        "binds.yaml": ("binds:\n- port: 3000\n  listeners:\n  - routes:\n    - backends:\n      - ai: {name: openai}\n"
+                       "      policies: {backendAuth: {key: \"$OPENAI_API_KEY\"}}\n",
+                       "6: binds[0].listeners[0].routes[0].backends[0].ai"),
+    }
+    for name, (text, where) in configs.items():
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", str(tmp_path / name)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [f"{tmp_path / name}:{where}: missing required field 'provider'"]
+        assert "OPENAI" not in result.stdout + result.stderr
+
+
 def words(text: str) -> str:
     """Help text with argparse's line wrapping undone."""
     return " ".join(text.split())
