@@ -69,7 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{validate,keys,schema,demo}")
     sub.add_parser("validate", parents=[common], help="check a config file: `file:line: problem` for each")
     sub.add_parser("schema", parents=[common], help="print the config's JSON schema")
-    demo = sub.add_parser("demo", parents=[common], help="run the whole system locally from deploy/")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="run the whole system locally, on a copy of the deploy files",
+        description="Mock upstream, rate-limit service and one gateway on ports 8000, 8080 and 4000 "
+                    "(admin 15000), run on a fresh copy of deploy/gateway and deploy/ratelimit: the copy's "
+                    "path is printed, edits to it apply live, the repository's files stay as they are, and "
+                    "the copy is removed when the demo stops.")
     demo.add_argument("--redis-url", default=None, help="env REDIS_URL; default memory:// (embedded)")
     keys = sub.add_parser("keys", parents=[common], help="virtual key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="{generate}")

@@ -1,12 +1,13 @@
 """GET /v1/models: the models a route can serve, as the client's SDK lists them.
 
-An entry with an exact name lists that name. A glob entry (`gpt-*`, `*`) lists its fixed
-upstream model when it has one (`params.model`), and otherwise the provider's own list,
-fetched with the backend's credential and kept for ten minutes: the shipped config is
-all globs, and `client.models.list()` should still show what a request may name. A name
-is listed only under the entry a request for it would reach, and only if the caller's
-key allows it.
-"""
+What is listed is what a client may put in `model`. In the `llm:` form an entry with an
+exact name lists that name. A glob entry (`gpt-*`, `*`) lists its fixed upstream model
+when it has one (`params.model`), and otherwise the provider's own list, fetched with
+the backend's credential and kept for ten minutes: the shipped config is all globs, and
+`client.models.list()` should still show what a request may name. In the `binds:` form a
+backend's `ai.name` is a label, not a model: it lists its fixed model
+(`provider.openAI.model`), or else the provider's list. A name is listed only under the
+backend a request for it would reach, and only if the caller's key allows it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def is_glob(name: str) -> bool:
     return not GLOB_CHARS.isdisjoint(name)
 
 
+def by_name_only(route: Route, backend: Backend) -> bool:
+    """A binds-form backend with a fixed model that a request naming the model does not
+    reach (one after the first: that name reaches the first). Its own name does."""
+    return not route.model_routing and backend.model is not None and route.backend_for(backend.name) is backend
+
+
 class ModelDirectory:
     """The provider lists behind glob entries, fetched once per TTL per backend."""
 
@@ -44,16 +51,20 @@ class ModelDirectory:
     async def names(self, route: Route, identity: Identity | None, connect_timeout: float | None) -> list[str]:
         listed: dict[str, None] = {}
         for backend in route.backends:
-            if not is_glob(backend.name):
-                candidates: tuple[str, ...] = (backend.name,)
-            elif backend.model:
-                candidates = (backend.model,)
-            else:
-                candidates = await self._provider_list(backend, connect_timeout)
-            for name in candidates:
-                if route.backend_for(name) is backend:  # another entry would serve it otherwise
-                    listed[name] = None
+            candidates = await self._candidates(route, backend, connect_timeout)
+            reaching = [n for n in candidates if route.backend_for(n) is backend]  # else another serves it
+            if not reaching and by_name_only(route, backend):
+                reaching = [backend.name]
+            listed.update(dict.fromkeys(reaching))
         return sorted(n for n in listed if identity is None or identity.allows(n))
+
+    async def _candidates(self, route: Route, backend: Backend, connect_timeout: float | None) -> tuple[str, ...]:
+        """The names a request may send to `backend`, before checking that none other takes them."""
+        if route.model_routing and not is_glob(backend.name):
+            return (backend.name,)  # llm form: an exact entry's name is what clients ask for
+        if backend.model:
+            return (backend.model,)  # whatever a request names, this model answers
+        return await self._provider_list(backend, connect_timeout)
 
     async def _provider_list(self, backend: Backend, connect_timeout: float | None) -> tuple[str, ...]:
         cached = self._lists.get(backend)

@@ -126,6 +126,12 @@ def echoed_error(dialect: Dialect, status: int, message: str, key: str) -> bytes
     return to_json(body)
 
 
+def json_response(body: bytes, status: int = 200) -> Response:
+    """A whole JSON body ending a line, as OpenAI's and Anthropic's APIs send them: a
+    client that prints it (curl) starts its next line on a line of its own."""
+    return Response(body + b"\n", status, media_type=JSON)
+
+
 def honest_count(text: str) -> int:
     return len(WORD_OR_MARK.findall(text))
 
@@ -171,7 +177,7 @@ class Mock:
         except MockError as e:
             body = (echoed_error(dialect, e.status, e.message, credential(request)) if echo
                     else error_body(dialect, e.status, e.message))
-            return Response(body, e.status, media_type=JSON)
+            return json_response(body, e.status)
         if plan.delay:
             await asyncio.sleep(plan.delay)
         if plan.req.stream:
@@ -181,7 +187,7 @@ class Mock:
             return StreamingResponse(self.billing(plan, events), media_type=SSE, headers={"cache-control": "no-cache"})
         self.bill(plan.prompt_tokens, plan.billed_completion)
         body = anthropic_message(plan) if dialect == Dialect.ANTHROPIC else openai_completion(plan)
-        return Response(to_json(body), media_type=JSON)
+        return json_response(to_json(body))
 
     def bill(self, prompt: int, completion: int) -> None:
         self.billed["prompt_tokens"] += prompt
@@ -264,7 +270,7 @@ class Mock:
         try:
             self.check_key(request, dialect)
         except MockError as e:
-            return Response(error_body(dialect, e.status, e.message), e.status, media_type=JSON)
+            return json_response(error_body(dialect, e.status, e.message), e.status)
         names = self.settings.models
         if dialect == Dialect.ANTHROPIC:
             data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-01-01T00:00:00Z"}
@@ -274,20 +280,20 @@ class Mock:
         else:
             body = {"object": "list",
                     "data": [{"id": n, "object": "model", "created": 0, "owned_by": "mock"} for n in names]}
-        return Response(to_json(body), media_type=JSON)
+        return json_response(to_json(body))
 
     async def usage(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.billed = dict.fromkeys(self.billed, 0)
-        return Response(json.dumps(self.billed), media_type=JSON)
+        return json_response(to_json(self.billed))
 
     async def requests(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.recorded.clear()
-        return Response(json.dumps({"requests": list(self.recorded)}), media_type=JSON)
+        return json_response(to_json({"requests": list(self.recorded)}))
 
     async def healthz(self, request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type=JSON)
+        return json_response(b'{"status":"ok"}')
 
 
 # ---- OpenAI bodies ----------------------------------------------------------------

@@ -210,7 +210,7 @@ class AnthropicToOpenAI(ResponseAdapter):
             return raw
         completion = openai_completion(message, self.usage)
         self.usage_known = isinstance(message.get("usage"), dict)
-        return to_json(completion)
+        return to_json(completion) + b"\n"  # ends a line, as OpenAI's own bodies do
 
     def feed(self, chunk: bytes) -> bytes:
         return self._translate(self._buffer.take(chunk))

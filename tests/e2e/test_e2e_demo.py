@@ -1,8 +1,11 @@
 """The README's quick start: `tollgate demo` serves the walkthrough on the default ports,
-and owns its children: a plain `kill`, a dying child or the demo's own death leaves no
+on a copy of the deploy files that it names, applies live and removes at exit; and it
+owns its children: a plain `kill`, a dying child or the demo's own death leaves no
 process behind."""
 
 import os
+import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,6 +17,8 @@ from tollgate_demo.demo import PORTS, port_free
 from tests.harness.procs import Proc, python_cmd
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello!"}]}
+REPO = Path(__file__).resolve().parents[2]
+MIKE = "- {key: user_id, value: mike, rate_limit: {unit: day, requests_per_unit: 100}}"
 
 
 def children_of(pid: int) -> dict[int, str]:
@@ -54,11 +59,29 @@ def demo():
         pytest.skip(f"the demo's fixed ports are taken on this machine: {', '.join(busy)}")
     proc = Proc("demo", python_cmd("gateway", "demo"), env={"REDIS_URL": ""}).start()
     deadline = time.monotonic() + 40
-    while "Tollgate is up" not in proc.log():
+    while "Ctrl-C stops everything" not in proc.log():  # the walkthrough's last line
         assert proc.alive() and time.monotonic() < deadline, proc.log()
         time.sleep(0.2)
     yield proc
     proc.stop()  # the whole process group, whatever the test left
+    shutil.rmtree(workdir_of(proc), ignore_errors=True)  # a demo killed outright cannot remove its copy
+
+
+def workdir_of(demo: Proc) -> Path:
+    """The copy of the deploy files the demo runs on, as its walkthrough names it."""
+    found = re.search(r"runs on a copy of the deploy files in (\S+)\.\n", demo.log())
+    assert found, demo.log()
+    return Path(found.group(1))
+
+
+def mike_raised_within(seconds: float, chat) -> bool:
+    """mike is served again once the service has reloaded his raised limit."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if chat("sk-mike-key").status_code == 200:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
@@ -66,15 +89,30 @@ def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
         return httpx.post("http://127.0.0.1:4000/v1/chat/completions", json=BODY,
                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
-    assert chat("sk-alice-abc123def456").status_code == 200
+    shipped = (REPO / "deploy" / "ratelimit" / "config.yaml").read_bytes()
+    workdir = workdir_of(demo)
+    copy = workdir / "ratelimit" / "config.yaml"
+    assert f"edit his line in {copy}" in demo.log()
+    assert copy.read_bytes() == shipped and REPO not in workdir.parents
+
+    alice = chat("sk-alice-abc123def456")
+    assert alice.status_code == 200
     assert chat("sk-mike-key").status_code == 200
     refused = chat("sk-mike-key")
     assert refused.status_code == 429
     assert "daily token budget for user_id=mike exhausted; resets" in refused.json()["error"]["message"]
     budget = httpx.get("http://127.0.0.1:4000/v1/budget", headers={"Authorization": "Bearer sk-mike-key"})
     models = httpx.get("http://127.0.0.1:4000/v1/models", headers={"Authorization": "Bearer sk-mike-key"})
-    for answer in (refused, budget, models):  # the gateway's own bodies end a line, as OpenAI's do
+    # Every body ends a line, as OpenAI's do, so curl's prompt starts on its own: the
+    # gateway's own, and the mock upstream's answer relayed as it came.
+    for answer in (alice, refused, budget, models):
         assert answer.text.endswith("}\n"), answer.text[-20:]
+
+    # The README's live edit, on the copy: mike's daily limit raised, served again.
+    assert copy.read_text().count(MIKE) == 1
+    copy.write_text(copy.read_text().replace(MIKE, MIKE.replace("100}", "1000000}")))
+    assert mike_raised_within(10, chat), demo.log()[-2000:]
+    assert (REPO / "deploy" / "ratelimit" / "config.yaml").read_bytes() == shipped  # the repository's untouched
     assert "memory://" in demo.log()  # the embedded store, no Redis needed
     assert "TOLLGATE_RATELIMIT_TOKEN" not in demo.log()  # the demo made one: no warning about it
     metrics = httpx.get("http://127.0.0.1:15000/metrics").text
@@ -87,6 +125,7 @@ def test_walkthrough_on_the_demo_then_a_plain_kill_stops_everything(demo):
     os.kill(demo.popen.pid, signal.SIGTERM)  # `kill <pid>`: the demo alone, not its group
     assert demo.popen.wait(30) == 0
     assert gone(children), children_of(1)
+    assert not workdir.exists(), list(workdir.rglob("*"))  # the copy goes with the demo
 
 
 def test_a_child_that_dies_is_named_and_the_others_stopped(demo):

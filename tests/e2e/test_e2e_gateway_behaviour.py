@@ -118,6 +118,31 @@ def test_models_list_survives_a_provider_that_cannot_list(run):
     assert [m["id"] for m in listed.json()["data"]] == ["gpt-4o", "gpt-4o-mini"]  # the exact names still
 
 
+def test_models_list_on_binds_routes_names_models_not_backends(tmp_path, mock):
+    """A binds-form `ai.name` is a label: a route lists its fixed model, or the provider's list."""
+    port, admin_port = free_port(), free_port()
+    route = lambda prefix, ai: {  # noqa: E731
+        "matches": [{"path": {"pathPrefix": prefix}}], "backends": [{"ai": {**ai, "baseUrl": mock}}],
+        "policies": {"apiKey": {"keys": [{"key": KEY}]}, "backendAuth": {"key": "k"}}}
+    config = {"config": {"adminAddr": f"127.0.0.1:{admin_port}"},
+              "binds": [{"port": port, "listeners": [{"routes": [
+                  route("/fixed", {"name": "openai", "provider": {"openAI": {"model": "gpt-4o-mini"}}}),
+                  route("/open", {"name": "claude", "provider": {"anthropic": {}}})]}]}]}
+    path = tmp_path / "binds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw = start_gateway(path, port, admin_port)
+    try:
+        listed = lambda prefix: [m["id"] for m in httpx.get(  # noqa: E731
+            f"{gw.url}{prefix}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=15).json()["data"]]
+        assert listed("/fixed") == ["gpt-4o-mini"]
+        assert listed("/open") == ["claude-sonnet-4-5", "gpt-3.5-turbo", "gpt-4o-mini"]  # the mock's own list
+        answer = httpx.post(f"{gw.url}/fixed/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model"] == "gpt-4o-mini"
+    finally:
+        gw.stop()
+
+
 def test_upstream_unreachable_502_and_timeout_504(run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

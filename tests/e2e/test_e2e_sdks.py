@@ -147,8 +147,11 @@ def test_anthropic_sdk_authentication_error(stack):
 
 
 def test_openai_client_to_anthropic_backend(stack):
-    resp = oai(stack.url).chat.completions.create(
+    raw = oai(stack.url).chat.completions.with_raw_response.create(
         model="claude-sonnet-5", messages=[{"role": "system", "content": "Be brief."},
                                              {"role": "user", "content": "Hello"}])
+    # The gateway wrote this body (Anthropic's, translated): it ends a line, as OpenAI's do.
+    assert raw.http_response.content.endswith(b"}\n"), raw.http_response.content[-20:]
+    resp = raw.parse()
     assert resp.choices[0].message.content
     assert resp.usage.completion_tokens == 30

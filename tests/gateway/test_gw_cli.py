@@ -59,6 +59,55 @@ def test_no_config_given():
     assert result.returncode == 2 and "pass -f CONFIG or set TOLLGATE_CONFIG" in result.stderr
 
 
+def test_a_missing_provider_is_one_line_without_unrelated_unset_variables(tmp_path):
+    """The entry's `$OPENAI_API_KEY` is unset, but the problem is the missing provider alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+    configs = {
+        "llm.yaml": ("llm:\n  models:\n  - name: '*'\n"
+                     "    params: {apiKey: \"$OPENAI_API_KEY\", baseUrl: \"$OPENAI_BASE_URL\"}\n",
+                     "3: llm.models[0]"),
+        "binds.yaml": ("binds:\n- port: 3000\n  listeners:\n  - routes:\n    - backends:\n      - ai: {name: openai}\n"
+                       "      policies: {backendAuth: {key: \"$OPENAI_API_KEY\"}}\n",
+                       "6: binds[0].listeners[0].routes[0].backends[0].ai"),
+    }
+    for name, (text, where) in configs.items():
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, "-m", "gateway", "validate", "-f", str(tmp_path / name)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [f"{tmp_path / name}:{where}: missing required field 'provider'"]
+        assert "OPENAI" not in result.stdout + result.stderr
+
+
+def words(text: str) -> str:
+    """Help text with argparse's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def test_help_says_that_f_with_no_command_runs_the_gateway():
+    result = tollgate("--help")
+    assert result.returncode == 0, result.stderr
+    assert "`tollgate -f CONFIG`, with no command, runs a gateway replica" in words(result.stdout)
+
+
+def test_demo_help_says_it_runs_on_a_copy_of_the_deploy_files():
+    listing, own = words(tollgate("--help").stdout), words(tollgate("demo", "--help").stdout)
+    assert "demo run the whole system locally, on a copy of the deploy files" in listing
+    assert "run on a fresh copy of deploy/gateway and deploy/ratelimit" in own
+    assert "the copy is removed when the demo stops" in own
+    assert "from deploy/" not in listing + own
+
+
+def test_ratelimit_help_shows_every_default():
+    result = subprocess.run([sys.executable, "-m", "ratelimit_service", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    text = words(result.stdout)
+    for default in ("(env REDIS_URL; default memory://)", "(env PORT; default 8080)", "(env HOST; default 127.0.0.1)",
+                    "(env LOG_LEVEL; default info)", "CONFIG_DIR; required"):
+        assert default in text, default
+
+
 def test_keys_generate_round_trips(tmp_path):
     result = tollgate("keys", "generate", "--metadata", "user_id=mike", "--metadata", "tier=gold",
                       "--allowed-model", "claude-*")

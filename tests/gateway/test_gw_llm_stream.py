@@ -233,7 +233,9 @@ def test_non_stream_bodies():
                            {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {"a": 1}}],
                "stop_reason": "tool_use", "usage": {"input_tokens": 12, "output_tokens": 3}}
     adapter = response_adapter(oa, "anthropic")
-    completion = ChatCompletion.model_validate_json(adapter.convert(json.dumps(message).encode()))
+    translated = adapter.convert(json.dumps(message).encode())
+    assert translated.endswith(b"}\n")  # a body the gateway writes ends a line, as OpenAI's do
+    completion = ChatCompletion.model_validate_json(translated)
     choice = completion.choices[0]
     assert choice.message.content == "Hi there" and choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls[0].function.name == "f"

@@ -102,6 +102,23 @@ def test_models_in_both_formats(mock):
     assert "claude-sonnet-4-5" in [m.id for m in an(mock).models.list()]
 
 
+def test_whole_json_bodies_end_a_line_as_the_real_apis_do(mock):
+    """OpenAI's and Anthropic's JSON bodies end with a newline; Content-Length counts it."""
+    chat = {"model": "m", "messages": HELLO}
+    answers = {
+        "openai": httpx.post(f"{mock}/v1/chat/completions", json=chat),
+        "anthropic": httpx.post(f"{mock}/v1/messages", json={**chat, "max_tokens": 5},
+                                headers={"anthropic-version": "2023-06-01"}),
+        "models": httpx.get(f"{mock}/v1/models"),
+        "error": httpx.post(f"{mock}/v1/chat/completions", json=chat, headers={"x-mock-status": "429"}),
+        "healthz": httpx.get(f"{mock}/healthz"),
+    }
+    for name, r in answers.items():
+        assert r.content.endswith(b"}\n"), (name, r.content[-20:])
+        assert int(r.headers["content-length"]) == len(r.content), name
+        r.json()  # still one JSON document
+
+
 def test_bad_requests_answer_400_in_the_providers_format(mock):
     r = httpx.post(f"{mock}/v1/messages", json={"model": "c", "max_tokens": 5, "messages": HELLO})
     assert r.status_code == 400 and r.json()["error"]["message"] == "anthropic-version: header is required"
