@@ -72,6 +72,24 @@ async def test_concurrent_calls_share_batches_and_each_gets_its_own_answer():
     await client.close()
 
 
+async def test_a_call_json_cannot_encode_fails_alone_and_the_calls_batched_with_it_are_answered():
+    """A reserve of 2**64 tokens among 40 concurrent ones: it once raised inside the send
+    and no call of its batch was ever answered. Now it fails at once, on its own."""
+    port = free_port()
+    t, client = target(port, 5.0), RateLimitClient()
+    async with service(port) as stats:
+        hits = [2**64 if i == 20 else 1 for i in range(40)]
+        calls = [client.reserve(t, f"enc{i}", 60.0, descriptor(f"enc{i}", n)) for i, n in enumerate(hits)]
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert asyncio.get_running_loop().time() - started < 2.0  # answered, not timed out
+        bad = results.pop(20)
+        assert isinstance(bad, RemoteUnavailable) and "cannot encode the reserve call" in str(bad), bad
+        assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 39
+        assert stats.requests[("/v1/batch", "200")] >= 1  # the others did go together
+    await client.close()
+
+
 async def test_a_settle_is_retried_until_the_service_takes_it_and_counts_once():
     port = free_port()
     t, client = target(port, 0.2), RateLimitClient()
