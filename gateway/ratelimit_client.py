@@ -8,7 +8,8 @@ an idle one adds no delay at all.
 Every caller waits at most its own timeout, batched or not; a reply that does not fit
 the calls fails them at once. Settles are queued off the response's critical path and
 retried until they land: the service applies a reservation's settle exactly once, so a
-retry after a lost reply is safe. The reservations this replica holds are kept alive
+retry after a lost reply is safe. A settle the service refuses with a 4xx (other than
+408 and 429) is logged once and dropped: the same call can never succeed. The reservations this replica holds are kept alive
 (their lease extended) until settled; if the replica dies, they expire on the service
 and return to their budgets by themselves.
 """
@@ -48,6 +49,21 @@ class Target(Protocol):
 
 class RemoteUnavailable(Exception):
     """The service could not be asked (down, timed out, or answered an error)."""
+
+
+class RemoteRefused(RemoteUnavailable):
+    """The service refused the call itself (a 4xx other than 408 and 429), or the call
+    could not even be encoded (`status` None): sending it again cannot succeed."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _final(status: int) -> bool:
+    """Whether an HTTP status says the call itself is wrong: a 4xx, except a timeout (408)
+    and a refusal to take more now (429)."""
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 def environment_token() -> str | None:
@@ -105,7 +121,7 @@ class Channel:
         try:
             single = orjson.dumps(body)
         except TypeError as e:  # a number too large for JSON's integers: this call alone fails
-            future.set_exception(RemoteUnavailable(f"cannot encode the {op} call: {e}"))
+            future.set_exception(RemoteRefused(f"cannot encode the {op} call: {e}", None))
             return future
         item = b'{"op":"%s",%s' % (op.encode(), single[1:])
         self._queue.append(_Call(item, single, op, loop.time() + timeout, future))
@@ -189,7 +205,8 @@ class Channel:
         if status == 409 or (status in (200, 429) and isinstance(body.get(_ANSWER.get(op, "statuses")), _SHAPE[op])):
             return status, body
         error = body.get("error") or "a reply without the fields of its call"
-        return RemoteUnavailable(f"rate-limit service {self.host} answered HTTP {status} to {op}: {error}")
+        message = f"rate-limit service {self.host} answered HTTP {status} to {op}: {error}"
+        return RemoteRefused(message, status) if _final(status) else RemoteUnavailable(message)
 
 
 def _give_up(future: asyncio.Future, host: str, timeout: float) -> None:
@@ -270,7 +287,10 @@ class RateLimitClient:
 
         def finished(f: asyncio.Future) -> None:
             error = f.exception()
-            if error is None:
+            if error is None or isinstance(error, RemoteRefused):
+                if isinstance(error, RemoteRefused):  # never taken, however often sent: once is enough
+                    log.error("settle of reservation %s for domain %s refused, not retried: %s",
+                              body["id"], body["domain"], error)
                 if not delivered.done():
                     delivered.set_result(None)
                 return

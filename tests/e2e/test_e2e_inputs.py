@@ -1,16 +1,20 @@
 """Inputs that used to break a real gateway: malformed bodies, oversized or slow headers,
-WebSocket upgrades, and client-chosen model names in metric labels."""
+WebSocket upgrades, client-chosen model names in metric labels, and numbers JSON cannot
+encode sent into a hard budget."""
 
 import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import yaml
 
 from tests.harness.procs import free_port, start_gateway, start_mock_llm
+from tests.harness.ratelimit import metric
+from tests.harness.stack import Stack
 
 KEY = "sk-inputs-test"
 
@@ -159,3 +163,65 @@ def test_client_chosen_model_names_fold_into_one_label(gw):
     models = spend_models(gw)
     assert "other" in models and "gpt-4o-mini" in models
     assert not any(m.startswith("made-up") for m in models)
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    """A gateway whose every request reserves its worst case from a real rate-limit
+    service (hard enforcement), so that concurrent reserves coalesce into batches."""
+    stack = Stack(tmp_path_factory.mktemp("hard"))
+    try:
+        stack.start_redis()
+        stack.start_ratelimit(yaml.safe_dump({"domain": "budgets", "descriptors": [
+            {"key": "user_id", "rate_limit": {"unit": "day", "requests_per_unit": 4_000_000_000}}]}))
+        stack.start_mock("--no-record")
+        remote = {"host": stack.ratelimit_host, "domain": "budgets", "descriptors": [
+            {"entries": [{"key": "user_id", "value": "apiKey.user_id"}], "type": "tokens", "enforcement": "hard"}]}
+        keys = [{"key": f"{KEY}-{i}", "metadata": {"user_id": f"u{i}"}} for i in range(HARD_USERS)]
+        route = lambda prefix, provider, model: {  # noqa: E731
+            "name": prefix.strip("/"), "matches": [prefix],
+            "policies": {"apiKey": {"keys": keys}, "backendAuth": {"key": "k"}, "remoteRateLimit": remote},
+            "backends": [{"ai": {"name": provider, "provider": {provider: {"model": model}},
+                                 "baseUrl": stack.mock_url}}]}
+        yield stack, stack.start_gateway({"binds": [{"port": "@PORT@", "listeners": [{"routes": [
+            route("/oa", "openAI", "gpt-4o-mini"), route("/an", "anthropic", "claude-sonnet-4-5")]}]}]})
+    finally:
+        stack.stop()
+
+
+HARD_USERS = 24
+# The issue's numbers: past JSON's integers, they once raised inside the rate-limit
+# client's send, and neither they nor the requests batched with them were ever answered.
+BEYOND = 18446744073709551616
+UNENCODABLE = [
+    ("/oa/v1/chat/completions", {"model": "m", "max_tokens": BEYOND}, "'max_tokens'"),
+    ("/oa/v1/chat/completions", {"model": "m", "max_completion_tokens": BEYOND}, "'max_completion_tokens'"),
+    ("/an/v1/chat/completions", {"model": "m", "max_tokens": BEYOND}, "'max_tokens'"),
+    ("/an/v1/messages", {"model": "m", "max_tokens": BEYOND}, "'max_tokens'"),
+]
+
+
+def test_numbers_json_cannot_encode_under_a_hard_budget_are_a_400_and_nobody_hangs(hard):
+    """Each bad request is sent among good ones from every user at once, three rounds: the
+    bad get a 400 naming the field, every other request is served."""
+    stack, gw = hard
+
+    def send(path: str, fields: dict, user: int) -> httpx.Response:
+        raw = json.dumps({"max_tokens": 16, **fields, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        return httpx.post(f"{gw.url}{path}", content=raw, timeout=10, headers={
+            "authorization": f"Bearer {KEY}-{user}", "content-type": "application/json",
+            "anthropic-version": "2023-06-01"})
+
+    good = [(path, {"model": "m"}, None) for path in ("/oa/v1/chat/completions", "/an/v1/messages")]
+    with ThreadPoolExecutor(HARD_USERS + len(UNENCODABLE)) as pool:
+        for _ in range(3):
+            jobs = [*UNENCODABLE, *(good[i % 2] for i in range(HARD_USERS))]
+            answers = list(pool.map(lambda i: send(jobs[i][0], jobs[i][1], i % HARD_USERS), range(len(jobs))))
+            for (path, _, words), r in zip(jobs, answers):
+                if words:
+                    assert r.status_code == 400 and words in r.text, (path, r.status_code, r.text)
+                else:
+                    assert r.status_code == 200, (path, r.status_code, r.text)
+    batches = metric(f"http://{stack.ratelimit_host}", "tollgate_ratelimit_requests_total", path="/v1/batch",
+                     status="200")
+    assert batches > 0  # the reserves did go together

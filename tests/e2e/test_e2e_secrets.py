@@ -1,12 +1,17 @@
 """The upstream key never reaches a client: every error path, both dialects, both providers,
-streaming and not, against a mock upstream whose errors quote the key it was sent."""
+streaming and not, against a mock upstream whose errors quote the key it was sent. Nor
+does a `$VAR`'s value reach a config error, in `tollgate validate` or a reload's log."""
 
 import json
+import os
+import subprocess
+import time
 
 import httpx
 import pytest
 import yaml
 
+from tests.harness.deploy_stack import script_command
 from tests.harness.procs import free_port, start_gateway, start_mock_llm
 
 UPSTREAM_KEY = "sk-upstream-leakcheck-7f3a9c2e5b1d"
@@ -76,3 +81,40 @@ def test_no_upstream_error_path_shows_the_upstream_key(gateway, prefix, path, st
     assert_no_key(client_visible(r))
     if stream:
         assert r.status_code == 200 and b"upstream sent an error event" in r.content, r.content
+
+
+def assert_names_the_variable_never_its_value(text: str, name: str, value: str) -> None:
+    assert f"${name}" in text, text
+    for fragment in (value, value[3:], value[-12:]):
+        assert fragment not in text, text
+
+
+def test_validate_names_the_variable_never_its_value(tmp_path):
+    """The issue's case: `port: $OPENAI_API_KEY` printed `got 'sk-upstream-...'`."""
+    path = tmp_path / "config.yaml"
+    path.write_text("llm:\n  port: $OPENAI_API_KEY\n  models: [{name: '*', provider: openAI}]\n")
+    result = subprocess.run([*script_command("tollgate"), "validate", "-f", str(path)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY})
+    assert result.returncode == 1, result
+    assert f"{path}:2: llm.port:" in result.stderr
+    assert_names_the_variable_never_its_value(result.stdout + result.stderr, "OPENAI_API_KEY", UPSTREAM_KEY)
+
+
+def test_a_reload_log_names_the_variable_never_its_value(tmp_path):
+    port, admin = free_port(), free_port()
+    config = {"config": {"adminAddr": f"127.0.0.1:{admin}"},
+              "llm": {"port": port, "policies": {"apiKey": {"keys": [{"key": CLIENT_KEY}]}},
+                      "models": [{"name": "*", "provider": "openAI", "params": {"apiKey": "$UPSTREAM_KEY"}}]}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gw = start_gateway(path, port, admin, env={"UPSTREAM_KEY": UPSTREAM_KEY})
+    try:
+        path.write_text(yaml.safe_dump(config).replace(f"port: {port}", "port: $UPSTREAM_KEY"))
+        deadline = time.monotonic() + 5
+        while "config change rejected" not in gw.proc.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = gw.proc.log()
+        assert "config change rejected" in log and "llm.port" in log, log
+        assert_names_the_variable_never_its_value(log, "UPSTREAM_KEY", UPSTREAM_KEY)
+    finally:
+        gw.stop()

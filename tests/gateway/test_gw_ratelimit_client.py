@@ -5,6 +5,7 @@ settle is retried until it lands, held reservations are kept alive, and the toke
 import asyncio
 import contextlib
 import json
+import logging
 
 import uvicorn
 
@@ -71,6 +72,24 @@ async def test_concurrent_calls_share_batches_and_each_gets_its_own_answer():
     await client.close()
 
 
+async def test_a_call_json_cannot_encode_fails_alone_and_the_calls_batched_with_it_are_answered():
+    """A reserve of 2**64 tokens among 40 concurrent ones: it once raised inside the send
+    and no call of its batch was ever answered. Now it fails at once, on its own."""
+    port = free_port()
+    t, client = target(port, 5.0), RateLimitClient()
+    async with service(port) as stats:
+        hits = [2**64 if i == 20 else 1 for i in range(40)]
+        calls = [client.reserve(t, f"enc{i}", 60.0, descriptor(f"enc{i}", n)) for i, n in enumerate(hits)]
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert asyncio.get_running_loop().time() - started < 2.0  # answered, not timed out
+        bad = results.pop(20)
+        assert isinstance(bad, RemoteUnavailable) and "cannot encode the reserve call" in str(bad), bad
+        assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 39
+        assert stats.requests[("/v1/batch", "200")] >= 1  # the others did go together
+    await client.close()
+
+
 async def test_a_settle_is_retried_until_the_service_takes_it_and_counts_once():
     port = free_port()
     t, client = target(port, 0.2), RateLimitClient()
@@ -84,6 +103,28 @@ async def test_a_settle_is_retried_until_the_service_takes_it_and_counts_once():
             await asyncio.sleep(0.05)
         await client.close()  # every pending settle delivered
         assert await remaining(RateLimitClient(), t, "late") == 10**6 - 40  # charged once, not twice
+
+
+async def test_a_settle_the_service_refuses_is_sent_once_and_logged_once(caplog):
+    """An overflowing settle (10**18 tokens, past the service's 2**53) is a 400: sending it
+    again can never succeed, so it is logged as an error, once, and dropped. So is a settle
+    JSON cannot encode. A 5xx or no answer is still retried (the test above)."""
+    port = free_port()
+    t, client = target(port), RateLimitClient()
+    async with service(port) as stats:
+        with caplog.at_level(logging.WARNING, logger="tollgate.remote"):
+            client.settle(t, "r-overflow", descriptor("big", 10**18))
+            client.settle(t, "r-unencodable", descriptor("big", 2**64))
+            await asyncio.sleep(1.0)  # the retries, had there been any: 50, 100, 200, 400 ms
+        assert stats.requests[("/v1/settle", "400")] == 1 and stats.requests[("/v1/batch", "200")] == 0
+        assert not client._pending  # dropped, not waiting at shutdown
+        records = [r for r in caplog.records if r.name == "tollgate.remote"]
+        assert [r.levelno for r in records] == [logging.ERROR, logging.ERROR], [r.getMessage() for r in records]
+        messages = sorted(r.getMessage() for r in records)
+        assert "r-overflow" in messages[0] and "budgets" in messages[0] and "HTTP 400" in messages[0]
+        assert "r-unencodable" in messages[1] and "budgets" in messages[1] and "cannot encode" in messages[1]
+        assert await remaining(client, t, "big") == 10**6  # nothing charged
+    await client.close()
 
 
 async def test_each_caller_waits_its_own_timeout_and_a_malformed_reply_fails_at_once():

@@ -3,9 +3,12 @@
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 
 import pytest
+from ratelimit_service.config import load_texts
 from tests.harness.procs import REPO, free_port
 from tests.harness.ratelimit import call, descriptor, metric, start_service, wait_until
 
@@ -81,6 +84,48 @@ def test_a_bad_edit_is_rejected_whole_and_the_last_good_config_stays(running, tm
     assert metric(base, "tollgate_ratelimit_config_errors_total") == errors + 1
     (tmp_path / "d.yaml").write_text(two_limits(99, 30))
     assert wait_until(lambda: current_limit(base, "d", user)[0] == 99, RELOAD_SECONDS)
+
+
+# A domain file as a slow writer leaves it, piece by piece. Every cut parses, the issue's
+# `- key: user_i` included (a descriptor without a limit), and none holds the user's limit.
+PIECES = ["domain: d\ndescriptors:\n", "  - key: team\n", "    rate_limit: {unit: hour, requests_per_unit: 100}\n",
+          "  - key: project\n", "    rate_limit: {unit: hour, requests_per_unit: 50}\n", "  - key: user_i", "d\n",
+          "    rate_limit: {unit: hour, requests_per_unit: %d}\n"]
+PAUSE = 0.3  # the writer's pause after each piece: well under the service's 1 s poll interval
+
+
+def test_a_file_caught_half_written_is_never_applied(running, tmp_path):
+    """The writer takes 2.1 s in all, pausing 0.3 s at a time: the old watcher read the
+    file once its events had been coming for a second, mid-write, and applied a cut."""
+    whole = "".join(PIECES)
+    for cut in range(1, len(PIECES)):  # the hazard is real: each cut is a valid config
+        assert load_texts([("d.yaml", "".join(PIECES[:cut]))])
+    _, base = running({"d.yaml": whole % 10})
+    user = uuid.uuid4().hex
+    loads = metric(base, "tollgate_ratelimit_config_loads_total")
+    limits: list[int | None] = []
+    done = threading.Event()
+
+    def sample() -> None:  # the user's limit as the service answers it, every 20 ms
+        while not done.is_set():
+            limits.append(current_limit(base, "d", user)[0])
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with open(tmp_path / "d.yaml", "w") as f:
+            for piece in PIECES[:-1]:
+                f.write(piece)
+                f.flush()
+                time.sleep(PAUSE)
+            f.write(PIECES[-1] % 20)
+        assert wait_until(lambda: limits and limits[-1] == 20, RELOAD_SECONDS)
+    finally:
+        done.set()
+        sampler.join()
+    assert None not in limits, limits
+    assert metric(base, "tollgate_ratelimit_config_loads_total") == loads + 1  # the whole file, once
 
 
 def test_files_added_and_removed(running, tmp_path):
