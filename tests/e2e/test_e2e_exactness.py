@@ -9,6 +9,7 @@ key carries is logged and runs nothing unbudgeted."""
 import contextlib
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from tests.harness.budgets import domain_yaml, gateway_config, remote_remaining
-from tests.harness.procs import free_port, python_cmd
+from tests.harness.procs import python_cmd
 from tests.harness.stack import Stack
 
 BUDGET = 5000
@@ -119,10 +120,14 @@ AFTER_ADMISSION = {
 def test_a_request_that_fails_after_admission_keeps_nothing_reserved(stack, case):
     mock = stack.start_mock("--completion-tokens", "20")
     slow = stack.start_mock("--delay-ms", "60000")
+    # Bound, never listening: connections are refused, and no other process of the run can
+    # take the port meanwhile (a free_port() here was once taken by a service answering 401).
+    nobody = socket.socket()
+    nobody.bind(("127.0.0.1", 0))
     config = hard_gateway(stack, mock, timeout="1s")
     config["llm"]["models"][:0] = [
         {"name": "broken-*", "provider": "openAI",
-         "params": {"apiKey": "sk-up", "baseUrl": f"http://127.0.0.1:{free_port()}"}},
+         "params": {"apiKey": "sk-up", "baseUrl": f"http://127.0.0.1:{nobody.getsockname()[1]}"}},
         {"name": "claude-*", "provider": "anthropic", "params": {"apiKey": "sk-up", "baseUrl": mock}},
         {"name": "slow-*", "provider": "openAI", "params": {"apiKey": "sk-up", "baseUrl": slow}},
     ]
@@ -145,6 +150,7 @@ def test_a_request_that_fails_after_admission_keeps_nothing_reserved(stack, case
     served = chat(gw.url, max_tokens=50)
     assert served.status_code == 200, served.text
     assert spent(stack) == served.json()["usage"]["total_tokens"]
+    nobody.close()
 
 
 def test_a_prompt_a_hard_budget_cannot_bound_is_refused_with_why_and_holds_nothing(stack):
