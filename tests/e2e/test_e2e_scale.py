@@ -1,7 +1,8 @@
-"""Many keys: every key's spend series is kept, and a key added, changed or removed among
+"""Many keys: every key's spend series is kept (10,000, each agreeing with its tokens), and a key added, changed or removed among
 10,000 (a mounted Secret's `..data` swap included) takes effect within a second."""
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -12,12 +13,15 @@ from tests.harness.kubelet import key_files, project
 from tests.harness.procs import free_port, start_gateway, start_mock_llm
 
 
+PRICE_IN, PRICE_OUT = 0.15, 0.60  # USD per 1M tokens: micro-dollars per token
+
+
 def config(path: Path, port: int, admin: int, mock: str, keys: list[dict] | None = None,
            keys_dir: Path | None = None) -> Path:
     api_key = {"keysDir": str(keys_dir)} if keys_dir else {"keys": keys}
     path.write_text(json.dumps({  # JSON is YAML: quicker to write for thousands of keys
         "config": {"adminAddr": f"127.0.0.1:{admin}", "metrics": {"fields": {"add": {"user_id": "apiKey.user_id"}}},
-                   "modelCatalog": {"gpt-4o-mini": {"input": 0.15, "output": 0.60}}},
+                   "modelCatalog": {"gpt-4o-mini": {"input": PRICE_IN, "output": PRICE_OUT}}},
         "llm": {"port": port, "policies": {"apiKey": api_key},
                 "models": [{"name": "*", "provider": "openAI", "params": {"apiKey": "k", "baseUrl": mock}}]},
     }))
@@ -29,19 +33,29 @@ def chat(client: httpx.Client, url: str, key: str) -> int:
                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).status_code
 
 
-def test_every_keys_spend_series_is_kept_past_two_thousand(tmp_path):
+def test_every_keys_spend_series_is_kept_past_ten_thousand_and_agrees_with_its_tokens(tmp_path):
+    """The OTel SDK's default cardinality limit (2,000) merged the rest into one overflow
+    series; each of 10,000 keys keeps its own, and each one's cost is its tokens, priced."""
     mock, mock_url = start_mock_llm(None, "--no-record")
     port, admin = free_port(), free_port()
-    keys = [{"key": f"sk-scale-{i}", "metadata": {"user_id": f"u{i}"}} for i in range(2500)]
+    keys = [{"key": f"sk-scale-{i}", "metadata": {"user_id": f"u{i}"}} for i in range(10_000)]
     gw = start_gateway(config(tmp_path / "gw.yaml", port, admin, mock_url, keys=keys), port, admin)
     try:
         with httpx.Client(timeout=10) as client:
             assert all(chat(client, gw.url, k["key"]) == 200 for k in keys)
         text = httpx.get(f"{gw.admin}/metrics", timeout=30).text
-        cost_users = set(re.findall(r'tollgate_gen_ai_client_cost_usd_total\{[^}]*user_id="(u\d+)"', text))
-        token_users = set(re.findall(r'tollgate_gen_ai_client_token_usage_count\{[^}]*user_id="(u\d+)"', text))
-        assert len(cost_users) == len(token_users) == 2500
         assert "otel_metric_overflow" not in text
+        cost = {u: float(v) for u, v in re.findall(
+            r'tollgate_gen_ai_client_cost_usd_total\{[^}]*user_id="(u\d+)"[^}]*\} (\S+)', text)}
+        tokens: dict[str, dict[str, float]] = {}
+        for kind, user, value in re.findall(
+                r'tollgate_gen_ai_client_token_usage_sum\{[^}]*gen_ai_token_type="(\w+)"[^}]*user_id="(u\d+)"'
+                r'[^}]*\} (\S+)', text):
+            tokens.setdefault(user, {})[kind] = float(value)
+        assert len(cost) == len(tokens) == 10_000
+        for user, used in tokens.items():  # one call each: its cost rounded up to a micro-dollar once
+            priced = math.ceil(used["input"] * PRICE_IN + used["output"] * PRICE_OUT)
+            assert round(cost[user] * 1_000_000) == priced, (user, used, cost[user])
     finally:
         gw.stop()
         mock.stop()
