@@ -289,3 +289,34 @@ def test_an_api_key_field_no_key_carries_is_a_warning_naming_it_and_its_line(tmp
     config.write_text(config.read_text().replace("      keys:\n", f"      keysDir: {keys}\n      keys:\n"))
     result = tollgate("validate", "-f", str(config))
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def readme_yaml_blocks(section: str) -> list[str]:
+    """The ```yaml blocks of one `## ` section of the README."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in body.split("```yaml\n")[1:]]
+
+
+def test_the_readmes_configuration_examples_validate(tmp_path):
+    """What a newcomer copies from the README's Configuration section loads: the gateway
+    config (with a key in its keysDir) by `tollgate validate`, the domain file by the
+    service's loader, and the recipes' override lines inside that domain file."""
+    from ratelimit_service.config import load_texts
+
+    gateway, domain = readme_yaml_blocks("Configuration")[:2]
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "carol").write_text('{"key": "sk-carol", "metadata": {"user_id": "carol", "team": "r"}}')
+    (tmp_path / "config.yaml").write_text(gateway)
+    result = tollgate("validate", "-f", str(tmp_path / "config.yaml"),
+                      env={"OPENAI_API_KEY": "sk-x", "TOLLGATE_KEYS_DIR": ""})
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    # The recipe "give one person a different budget": its lines, inside that domain file.
+    (recipe,) = [b for b in readme_yaml_blocks("Quick start") if "value: carol" in b]
+    with_override = domain + "".join(line[2:] + "\n" for line in recipe.splitlines() if line.strip())
+    carol = (("user_id", "carol"),)
+    assert load_texts([("config.yaml", domain)]).find("token-budgets", carol).limit.requests_per_unit == 1_000_000
+    overridden = load_texts([("config.yaml", with_override)])
+    assert overridden.find("token-budgets", carol).limit.requests_per_unit == 5_000_000
+    assert overridden.find("token-budgets", (("user_usd", "carol"),)).limit.requests_per_unit == 200_000_000
