@@ -80,9 +80,8 @@ async def test_a_call_json_cannot_encode_fails_alone_and_the_calls_batched_with_
     async with service(port) as stats:
         hits = [2**64 if i == 20 else 1 for i in range(40)]
         calls = [client.reserve(t, f"enc{i}", 60.0, descriptor(f"enc{i}", n)) for i, n in enumerate(hits)]
-        started = asyncio.get_running_loop().time()
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert asyncio.get_running_loop().time() - started < 2.0  # answered, not timed out
+        assert not any("no answer within" in str(r) for r in results), results  # answered, not timed out
         bad = results.pop(20)
         assert isinstance(bad, RemoteUnavailable) and "cannot encode the reserve call" in str(bad), bad
         assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 39
@@ -215,15 +214,17 @@ async def test_closing_answers_the_calls_on_the_wire_and_leaves_no_task():
     await asyncio.sleep(0.2)
     channel = client._channels[f"127.0.0.1:{port}"]
     assert channel._sending, "the call is on the wire"
-    started = asyncio.get_running_loop().time()
     await client.close()
+    for _ in range(10):  # a few turns of the loop, no clock: the cancelled send answers on its way out
+        if call.done():
+            break
+        await asyncio.sleep(0)
+    assert call.done(), "close() left the caller waiting out its 30 s timeout"
     try:
-        await asyncio.wait_for(call, 2.0)
+        call.result()
     except RemoteUnavailable as e:
         assert "closed" in str(e) or "CancelledError" in str(e)
     else:
         raise AssertionError("a call cut off by close() must fail")
-    assert asyncio.get_running_loop().time() - started < 2.0
-    await asyncio.sleep(0)
     assert not channel._sending
     stalled.close()
