@@ -133,8 +133,9 @@ class Channel:
         now = asyncio.get_running_loop().time()
         # A reserve whose caller gave up before it left is not sent: it would only
         # have to be released again.
-        late = [c for c in self._queue if c.op == "reserve" and c.deadline <= now]
-        live = [c for c in self._queue if not (c.op == "reserve" and c.deadline <= now)] if late else self._queue
+        live, late = [], []
+        for c in self._queue:
+            (late if c.op == "reserve" and c.deadline <= now else live).append(c)
         _fail(late, RemoteUnavailable("gave up before it was sent"))
         calls, self._queue = live[:MAX_BATCH], live[MAX_BATCH:]
         if not calls or self._closed:
@@ -287,16 +288,16 @@ class RateLimitClient:
 
         def finished(f: asyncio.Future) -> None:
             error = f.exception()
-            if error is None or isinstance(error, RemoteRefused):
-                if isinstance(error, RemoteRefused):  # never taken, however often sent: once is enough
-                    log.error("settle of reservation %s for domain %s refused, not retried: %s",
-                              body["id"], body["domain"], error)
-                if not delivered.done():
-                    delivered.set_result(None)
+            if error is not None and not isinstance(error, RemoteRefused):
+                log.warning("settle for %s not taken, retrying in %.2fs: %s", body["domain"], delay, error)
+                asyncio.get_running_loop().call_later(
+                    delay, self._attempt, channel, body, timeout, delivered, min(delay * 2, SETTLE_BACKOFF_MAX))
                 return
-            log.warning("settle for %s not taken, retrying in %.2fs: %s", body["domain"], delay, error)
-            asyncio.get_running_loop().call_later(
-                delay, self._attempt, channel, body, timeout, delivered, min(delay * 2, SETTLE_BACKOFF_MAX))
+            if error is not None:  # refused: never taken, however often sent, so once is enough
+                log.error("settle of reservation %s for domain %s refused, not retried: %s",
+                          body["id"], body["domain"], error)
+            if not delivered.done():
+                delivered.set_result(None)
 
         attempt.add_done_callback(finished)
 

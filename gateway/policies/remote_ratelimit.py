@@ -426,7 +426,7 @@ class RemoteLimiter:
             raise BudgetExceeded(_verdict(target.domain, descriptors, statuses))
         elastic = any(g is not None for _, g in wanted)
         granted = int(body.get("granted", 0)) if elastic else 0
-        max_tokens = max(1, min(granted or 1, ELASTIC_MAX)) if elastic else None
+        max_tokens = max(1, min(granted, ELASTIC_MAX)) if elastic else None
         held = [h + (math.ceil(g * granted) if g is not None else 0) for h, g in wanted]
         return RemoteHold(self.client, target, rid, descriptors, statuses, activation, max_tokens, held)
 
