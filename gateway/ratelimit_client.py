@@ -8,9 +8,9 @@ an idle one adds no delay at all.
 Every caller waits at most its own timeout, batched or not; a reply that does not fit
 the calls fails them at once. Settles are queued off the response's critical path and
 retried until they land: the service applies a reservation's settle exactly once, so a
-retry after a lost reply is safe. A settle the service refuses with a 4xx (other than
-408 and 429) is logged once and dropped: the same call can never succeed. The reservations this replica holds are kept alive
-(their lease extended) until settled; if the replica dies, they expire on the service
+retry after a lost reply is safe. A settle the service refuses as wrong in itself (a 4xx
+but 401, 403, 408 and 429) is logged once and dropped: the same call can never succeed.
+The reservations this replica holds are kept alive (their lease extended) until settled; if the replica dies, they expire on the service
 and return to their budgets by themselves.
 """
 
@@ -52,7 +52,7 @@ class RemoteUnavailable(Exception):
 
 
 class RemoteRefused(RemoteUnavailable):
-    """The service refused the call itself (a 4xx other than 408 and 429), or the call
+    """The service refused the call itself (a 4xx but 401, 403, 408 and 429), or the call
     could not even be encoded (`status` None): sending it again cannot succeed."""
 
     def __init__(self, message: str, status: int | None) -> None:
@@ -61,9 +61,11 @@ class RemoteRefused(RemoteUnavailable):
 
 
 def _final(status: int) -> bool:
-    """Whether an HTTP status says the call itself is wrong: a 4xx, except a timeout (408)
-    and a refusal to take more now (429)."""
-    return 400 <= status < 500 and status not in (408, 429)
+    """Whether an HTTP status says the call itself is wrong: a 4xx, except a timeout (408),
+    a refusal to take more now (429), and a token the service does not take (401, 403):
+    that is fixed by an operator (a rotated Secret reaching one side first), after which
+    the same settle lands, so dropping it would lose the spend."""
+    return 400 <= status < 500 and status not in (401, 403, 408, 429)
 
 
 def environment_token() -> str | None:

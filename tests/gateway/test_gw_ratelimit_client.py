@@ -126,6 +126,29 @@ async def test_a_settle_the_service_refuses_is_sent_once_and_logged_once(caplog)
     await client.close()
 
 
+async def test_a_settle_refused_for_its_token_is_retried_until_the_token_is_right(monkeypatch, tmp_path):
+    """A 401 is not the settle's fault: a rotated token reaches one side before the other.
+    Dropped, the spend would be lost; retried, it lands once the service takes the token."""
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("old\n")
+    monkeypatch.setenv(ratelimit_client.TOKEN_FILE_ENV, str(token))
+    client = RateLimitClient()
+    async with service(port, token="new") as stats:
+        client.settle(target(port), "r-rotated", descriptor("rotated", 7))
+        await asyncio.sleep(0.5)  # 50, 100, 200 ms: a few refusals
+        assert stats.requests[("/v1/settle", "401")] >= 2
+        assert client._pending, "a settle refused for its token must not be dropped"
+    async with service(port, token="old") as stats:  # the service restarted with this replica's token
+        for _ in range(100):
+            if not client._pending:
+                break
+            await asyncio.sleep(0.05)
+        assert not client._pending
+        assert stats.requests[("/v1/settle", "200")] == 1
+    await client.close()
+
+
 async def test_each_caller_waits_its_own_timeout_and_a_malformed_reply_fails_at_once():
     """A stalled service: a reserve (0.3 s) does not wait for the settles queued with it
     (5 s). A service that answers a batch without items fails every call in it at once."""
