@@ -59,7 +59,7 @@ class Admission:
 
     def headers(self) -> dict[str, str]:
         """`x-ratelimit-remaining-tokens` / `-requests` / `-usd` (dollars): the least left
-        in each measure's budgets after this request (its charge once settled, else its reservation)."""
+        in each measure's budgets after this request's reservation."""
         least: dict[str, int] = {}
         for hold in self.holds:
             for measure, left in hold.remaining().items():

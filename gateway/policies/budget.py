@@ -74,8 +74,7 @@ class Hold(Protocol):
     max_tokens: int | None  # an output cap the policy needs upstream (elastic hard budgets)
 
     def remaining(self) -> dict[str, int]:
-        """The least left per measure (tokens, requests, usd micro-dollars) after this
-        request: its charge once settled, else its reservation."""
+        """The least left after this reservation, per measure (tokens, requests, usd micro-dollars)."""
 
     def settle(self, usage: "Usage") -> None:
         """Replaces the reservation with what the provider reported."""

@@ -355,33 +355,24 @@ class RemoteClient(Protocol):
 class RemoteHold:
     """What one request reserved on the service, and how to settle it."""
 
-    __slots__ = ("client", "target", "rid", "descriptors", "statuses", "activation", "max_tokens", "held",
-                 "charged")
+    __slots__ = ("client", "target", "rid", "descriptors", "statuses", "activation", "max_tokens")
 
     def __init__(self, client: RemoteClient, target: RemoteTarget, rid: str, descriptors: list[Descriptor],
-                 statuses: list[Status], activation: Activation, max_tokens: int | None,
-                 held: list[int] | None = None) -> None:
+                 statuses: list[Status], activation: Activation, max_tokens: int | None) -> None:
         self.client, self.target, self.rid, self.descriptors = client, target, rid, descriptors
         self.statuses, self.activation, self.max_tokens = statuses, activation, max_tokens
-        self.held = held or [0] * len(descriptors)  # what the reservation took, per descriptor
-        self.charged: list[int] | None = None  # what the settle charged, once it has
 
     def remaining(self) -> dict[str, int]:
-        """The least left per measure (tokens, requests, usd): after this request's charge
-        once it is settled (a whole response), else after its reservation (a stream's
-        headers leave before its usage is known). Other requests' spend since the
-        reservation is not in it."""
+        """The least left per measure (tokens, requests, usd) after this reservation."""
         out: dict[str, int] = {}
-        charged = self.charged or self.held
-        for d, s, held, charge in zip(self.descriptors, self.statuses, self.held, charged):
+        for d, s in zip(self.descriptors, self.statuses):
             if s.limit is not None:
-                left = max(0, s.remaining + held - charge)
-                out[d.kind] = min(out.get(d.kind, left), left)
+                out[d.kind] = min(out.get(d.kind, s.remaining), s.remaining)
         return out
 
     def settle(self, usage: "Usage") -> None:
-        self.charged = [d.charge(usage, self.activation) for d in self.descriptors]
-        self.client.settle(self.target, self.rid, [d.as_json(c) for d, c in zip(self.descriptors, self.charged)])
+        self.client.settle(self.target, self.rid, [d.as_json(d.charge(usage, self.activation))
+                                                    for d in self.descriptors])
 
     def release(self) -> None:
         self.client.settle(self.target, self.rid, [d.as_json(0) for d in self.descriptors])
@@ -425,10 +416,8 @@ class RemoteLimiter:
         if status != 200:
             raise BudgetExceeded(_verdict(target.domain, descriptors, statuses))
         elastic = any(g is not None for _, g in wanted)
-        granted = int(body.get("granted", 0)) if elastic else 0
-        max_tokens = max(1, min(granted, ELASTIC_MAX)) if elastic else None
-        held = [h + (math.ceil(g * granted) if g is not None else 0) for h, g in wanted]
-        return RemoteHold(self.client, target, rid, descriptors, statuses, activation, max_tokens, held)
+        max_tokens = max(1, min(int(body.get("granted", 1)), ELASTIC_MAX)) if elastic else None
+        return RemoteHold(self.client, target, rid, descriptors, statuses, activation, max_tokens)
 
     async def view(self, policy: RemoteRateLimit, activation: Activation) -> list[dict]:
         """The budgets `policy` applies to a key, as GET /v1/budget lists them; charges nothing."""
