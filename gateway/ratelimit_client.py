@@ -10,8 +10,8 @@ the calls fails them at once. Settles are queued off the response's critical pat
 retried until they land: the service applies a reservation's settle exactly once, so a
 retry after a lost reply is safe. A settle the service refuses as wrong in itself (a 4xx
 but 401, 403, 408 and 429) is logged once and dropped: the same call can never succeed.
-The reservations this replica holds are kept alive (their lease extended) until settled; if the replica dies, they expire on the service
-and return to their budgets by themselves.
+The reservations this replica holds are kept alive (their lease extended) until settled;
+if the replica dies, they expire on the service and return to their budgets by themselves.
 """
 
 from __future__ import annotations
